@@ -1,0 +1,75 @@
+"""peftkit: parameter-efficient fine-tuning of transformer backbones.
+
+Public API::
+
+    import peftkit
+    model = peftkit.wrap(model, "lora")          # or "adalora", "adapter", a plugin
+    peftkit.methods()                            # ['adalora', 'adapter', 'lora', ...]
+    print(peftkit.summary(model))
+    peftkit.on_optimizer_step(model, step)       # AdaLoRA budget; the training helpers call it
+"""
+
+from __future__ import annotations
+
+# Register the built-in methods first: importing the ``peftkit.methods`` package binds its name on
+# ``peftkit``, and the ``methods()`` function imported below must take that name afterwards.
+import peftkit.methods as _builtin_methods  # noqa: F401, I001
+from peftkit.errors import (
+    AdapterFileError,
+    AlreadyWrappedError,
+    BaseModelMismatchError,
+    InvalidOptionError,
+    MergeError,
+    NoTargetsMatchedError,
+    NotWrappedError,
+    PeftkitError,
+    QuantizationError,
+    UnknownMethodError,
+    UnsupportedArchitectureError,
+)
+from peftkit.registry import MethodSpec, get_method, method_specs, methods, register_method
+from peftkit.state import adapter_state_dict
+from peftkit.summary import Summary, summary
+from peftkit.wrap import (
+    active_adapter,
+    adapters_disabled,
+    add_adapter,
+    disable_adapters,
+    enable_adapters,
+    on_optimizer_step,
+    set_active,
+    wrap,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "wrap",
+    "add_adapter",
+    "set_active",
+    "active_adapter",
+    "disable_adapters",
+    "enable_adapters",
+    "adapters_disabled",
+    "on_optimizer_step",
+    "register_method",
+    "methods",
+    "method_specs",
+    "get_method",
+    "MethodSpec",
+    "summary",
+    "Summary",
+    "adapter_state_dict",
+    "PeftkitError",
+    "UnknownMethodError",
+    "InvalidOptionError",
+    "UnsupportedArchitectureError",
+    "NoTargetsMatchedError",
+    "AlreadyWrappedError",
+    "NotWrappedError",
+    "AdapterFileError",
+    "BaseModelMismatchError",
+    "QuantizationError",
+    "MergeError",
+]
