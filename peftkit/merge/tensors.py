@@ -71,12 +71,12 @@ class LowRank:
 
 
 def lora_scale(alpha: float, r: int, use_rslora: bool = False) -> float:
-    """peft's LoRA scaling: ``alpha / r``, or ``alpha / sqrt(r)`` with rank-stabilised LoRA."""
+    """LoRA scaling as in peft: ``alpha / r``, or ``alpha / sqrt(r)`` with rank-stabilised LoRA."""
     return alpha / math.sqrt(r) if use_rslora else alpha / r
 
 
 def adalora_scale(alpha: float, ranknum: float) -> float:
-    """peft's AdaLoRA scaling ``alpha / (ranknum + 1e-5)`` (``ranknum`` is the layer's initial rank)."""
+    """AdaLoRA scaling as in peft ``alpha / (ranknum + 1e-5)`` (``ranknum`` is the layer's initial rank)."""
     return alpha / (ranknum + 1e-5)
 
 
@@ -178,7 +178,9 @@ def combine_low_rank(
     new_rank = output_rank(how, [u.rank for u in updates], rank)
     with _seeded(generator):
         if how == "cat":
-            a = torch.cat([u.A.float() * (w * u.scale / scale) for u, w in zip(updates, weights)], dim=0)
+            a = torch.cat(
+                [u.A.float() * (w * u.scale / scale) for u, w in zip(updates, weights, strict=True)], dim=0
+            )
             b = torch.cat([u.B.float() for u in updates], dim=1)
             return LowRank(a, b, scale)
         if how in SVD_RULES:
@@ -191,12 +193,12 @@ def combine_low_rank(
                 majority_sign_method,
             )
             return svd_low_rank(mixed / scale, new_rank, scale)
-        signs = [1.0 if w * u.scale >= 0 else -1.0 for u, w in zip(updates, weights)]
-        roots = [math.sqrt(abs(w * u.scale / scale)) for u, w in zip(updates, weights)]
+        signs = [1.0 if w * u.scale >= 0 else -1.0 for u, w in zip(updates, weights, strict=True)]
+        roots = [math.sqrt(abs(w * u.scale / scale)) for u, w in zip(updates, weights, strict=True)]
         a = _apply_rule(
             how,
             [u.A.float() for u in updates],
-            [s * r for s, r in zip(signs, roots)],
+            [s * r for s, r in zip(signs, roots, strict=True)],
             density,
             majority_sign_method,
         )
@@ -235,7 +237,7 @@ def average_tensors(tensors: Sequence[torch.Tensor], weights: Sequence[float]) -
     shapes = {tuple(t.shape) for t in tensors}
     if len(shapes) != 1:
         raise MergeError(f"Cannot average tensors of different shapes {sorted(shapes)}.")
-    out = sum(t.float() * (w / total) for t, w in zip(tensors, weights))
+    out = sum(t.float() * (w / total) for t, w in zip(tensors, weights, strict=True))
     return out.to(tensors[0].dtype)
 
 
