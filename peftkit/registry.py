@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import logging
 from collections.abc import Callable
@@ -194,20 +195,36 @@ def load_plugins(reload: bool = False) -> dict[str, str]:
         return dict(_plugin_errors)
     _plugins_loaded = True
     for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        before = set(_REGISTRY)
         try:
             loaded = entry_point.load()
-            if callable(loaded) and not isinstance(loaded, type) and entry_point.attr:
-                before = set(_REGISTRY)
-                if entry_point.name not in _REGISTRY:
-                    loaded()
-                if set(_REGISTRY) == before and entry_point.name not in _REGISTRY:
-                    logger.warning("Plugin entry point %r registered no method.", entry_point.value)
+            if (
+                callable(loaded)
+                and not isinstance(loaded, type)
+                and entry_point.attr
+                and entry_point.name not in before
+            ):
+                loaded()
+            if entry_point.name not in _REGISTRY:
+                logger.warning(
+                    "Plugin entry point %r registered no method %r.", entry_point.value, entry_point.name
+                )
+            _credit_distribution(set(_REGISTRY) - before, entry_point)
         except Exception as exc:  # a broken plugin must not break peftkit
             _plugin_errors[entry_point.name] = f"{type(exc).__name__}: {exc}"
             logger.warning(
                 "Could not load peftkit plugin %r (%s): %s", entry_point.name, entry_point.value, exc
             )
     return dict(_plugin_errors)
+
+
+def _credit_distribution(names: set[str], entry_point: importlib.metadata.EntryPoint) -> None:
+    """Record the distribution (pip package) that provides newly registered plugin methods."""
+    dist = getattr(entry_point, "dist", None)
+    if dist is None:
+        return
+    for name in names:
+        _REGISTRY[name] = dataclasses.replace(_REGISTRY[name], source=dist.name)
 
 
 def _load_builtins() -> None:

@@ -78,8 +78,6 @@ def wrap(
             "This model already contains peft adapter layers injected outside peftkit. Start from a plain "
             "base model, or load the adapter with peftkit.load_adapter."
         )
-    for param in unwrap_model(model).parameters():
-        param.requires_grad_(False)
     return add_adapter(model, method, adapter_name=adapter_name, **options)
 
 
@@ -119,16 +117,19 @@ def inject(model: nn.Module, spec: MethodSpec, config: MethodConfig, adapter_nam
             f"Adapter name {adapter_name!r} is already used on this model (method "
             f"{state.adapters[adapter_name].method}); pass another adapter_name."
         )
-    if not state.adapters:
-        for param in inner.parameters():
-            param.requires_grad_(False)
     heads = list(config.head_modules) if config.head_modules is not None else _detect_heads(inner)
     patterns = (
         config.target_modules if config.target_modules is not None else _default_targets(inner, spec, config)
     )
     resolved = target_defaults.resolve_targets(inner, patterns, exclude=heads)
+    for head in heads:
+        _check_head(inner, head)
+    if not state.adapters:  # first adapter: freeze the whole backbone (only after every check passed)
+        for param in inner.parameters():
+            param.requires_grad_(False)
     handle = spec.builder(inner, config, adapter_name, patterns)
     _wrap_heads(inner, heads, adapter_name)
+    inner.train(inner.training)  # new modules default to training mode: align them with the model
     inner.__dict__.pop("peft_config", None)  # peft tuners leave this behind; transformers reads it
     state.adapters[adapter_name] = AdapterRecord(
         name=adapter_name,
@@ -246,23 +247,25 @@ def _detect_heads(model: nn.Module) -> list[str]:
 
 def _wrap_heads(model: nn.Module, heads: list[str], adapter_name: str) -> None:
     for head in heads:
-        try:
-            module = model.get_submodule(head)
-        except AttributeError:
-            raise InvalidOptionError(
-                f"head_modules entry {head!r} is not a module of this model; top-level modules: "
-                f"{', '.join(n for n, _ in model.named_children())}."
-            ) from None
+        module = model.get_submodule(head)
         if isinstance(module, ModulesToSaveWrapper):
             module.update(adapter_name)
             continue
-        _check_head_is_float(head, module)
         parent_name, _, child_name = head.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child_name, ModulesToSaveWrapper(module, adapter_name))
 
 
-def _check_head_is_float(name: str, module: nn.Module) -> None:
+def _check_head(model: nn.Module, name: str) -> None:
+    try:
+        module = model.get_submodule(name)
+    except AttributeError:
+        raise InvalidOptionError(
+            f"head_modules entry {name!r} is not a module of this model; top-level modules: "
+            f"{', '.join(n for n, _ in model.named_children())}."
+        ) from None
+    if isinstance(module, ModulesToSaveWrapper):
+        return
     for param_name, param in module.named_parameters():
         if not torch.is_floating_point(param):
             raise InvalidOptionError(

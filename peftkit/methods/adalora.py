@@ -62,6 +62,13 @@ class AdaLoraOptions(MethodConfig):
     orth_reg_weight: float = 0.5
 
     method_name = "adalora"
+    aliases = {
+        "deltaT": "delta_t",
+        "lora_alpha": "alpha",
+        "lora_dropout": "dropout",
+        "r": "target_r",
+        "rank": "target_r",
+    }
 
     def validate(self) -> None:
         """Check ranks, probabilities and that the schedule leaves a budgeting phase."""

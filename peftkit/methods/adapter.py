@@ -64,6 +64,7 @@ class BottleneckOptions(MethodConfig):
     init_std: float = 1e-2
 
     method_name = "adapter"
+    aliases = {"reduction": "reduction_factor", "activation": "non_linearity", "ln": "layer_norm"}
 
     def validate(self) -> None:
         """Check placement, reduction factor, activation name and dropout."""

@@ -32,6 +32,8 @@ class MethodConfig:
     head_modules: list[str] | None = None
 
     method_name: ClassVar[str] = ""
+    #: Names users bring from other libraries (e.g. peft's ``lora_alpha``) -> our option name.
+    aliases: ClassVar[dict[str, str]] = {}
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -58,9 +60,12 @@ class MethodConfig:
         names = [f.name for f in dataclasses.fields(cls)]
         for key in options:
             if key not in names:
+                hint = (
+                    f" Did you mean {cls.aliases[key]!r}?" if key in cls.aliases else did_you_mean(key, names)
+                )
                 raise InvalidOptionError(
-                    f"Unknown option {key!r} for method {cls.method_name or cls.__name__!r}."
-                    f"{did_you_mean(key, names)} Valid options: {', '.join(sorted(names))}."
+                    f"Unknown option {key!r} for method {cls.method_name or cls.__name__!r}.{hint} "
+                    f"Valid options: {', '.join(sorted(names))}."
                 )
         return cls(**options)
 
@@ -74,6 +79,10 @@ class MethodConfig:
             value = getattr(self, field.name)
             expected = hints.get(field.name)
             if expected is not None and not _matches(value, expected):
+                if typing.get_origin(expected) is typing.Literal:
+                    raise InvalidOptionError(
+                        f"Option {field.name}={value!r} is not valid: use {_describe(expected)}."
+                    )
                 raise InvalidOptionError(
                     f"Option {field.name}={value!r} has type {type(value).__name__}; expected "
                     f"{_describe(expected)} (method {self.method_name or type(self).__name__!r})."

@@ -42,6 +42,7 @@ class LoraOptions(MethodConfig):
     use_rslora: bool = False
 
     method_name = "lora"
+    aliases = {"rank": "r", "lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout"}
 
     def validate(self) -> None:
         """Check ranges: ``r > 0``, ``alpha > 0``, dropout in [0, 1)."""

@@ -1,0 +1,98 @@
+"""Tiny random transformers models for tests (hidden 32, 2 layers, fixed seeds).
+
+* ``bert``: ``BertForTokenClassification`` (5 labels) - encoder with a token-classification head.
+* ``gpt2``: ``GPT2ForSequenceClassification`` (3 labels) - Conv1D projections, ``score`` head.
+* ``llama``: ``LlamaForCausalLM`` - q/k/v/o projections, untied LM head (frozen by peftkit).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import (
+    BertConfig,
+    BertForTokenClassification,
+    GPT2Config,
+    GPT2ForSequenceClassification,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+)
+
+FAMILIES = ("bert", "gpt2", "llama")
+VOCAB = 120
+NUM_TOKEN_LABELS = 5
+NUM_SEQ_LABELS = 3
+
+
+def make_config(family: str):
+    """Return the tiny config of a family."""
+    if family == "bert":
+        return BertConfig(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            num_labels=NUM_TOKEN_LABELS,
+        )
+    if family == "gpt2":
+        return GPT2Config(
+            vocab_size=VOCAB,
+            n_embd=32,
+            n_layer=2,
+            n_head=2,
+            n_positions=64,
+            num_labels=NUM_SEQ_LABELS,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+        )
+    if family == "llama":
+        return LlamaConfig(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+        )
+    raise ValueError(f"unknown family {family!r}")
+
+
+MODEL_CLASSES = {
+    "bert": BertForTokenClassification,
+    "gpt2": GPT2ForSequenceClassification,
+    "llama": LlamaForCausalLM,
+}
+
+
+def make_model(family: str, seed: int = 0) -> PreTrainedModel:
+    """Build a tiny random model of ``family`` with a fixed seed, in eval mode."""
+    torch.manual_seed(seed)
+    return MODEL_CLASSES[family](make_config(family)).eval()
+
+
+def save_tiny_model(family: str, path: str | Path, seed: int = 0) -> None:
+    """Save a tiny model with ``save_pretrained`` (safetensors)."""
+    make_model(family, seed).save_pretrained(str(path))
+
+
+def make_batch(family: str, batch: int = 4, seq: int = 9, seed: int = 1) -> dict[str, torch.Tensor]:
+    """A fixed batch with labels suited to the family's head."""
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(3, VOCAB, (batch, seq), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    if family == "bert":
+        labels = torch.randint(0, NUM_TOKEN_LABELS, (batch, seq), generator=generator)
+    elif family == "gpt2":
+        labels = torch.randint(0, NUM_SEQ_LABELS, (batch,), generator=generator)
+    else:
+        labels = input_ids.clone()
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
