@@ -1,0 +1,35 @@
+"""Adapter files: saved apart from the base model, loaded back onto the right base only.
+
+Public API::
+
+    peftkit.save_adapter(model, "runs/ner")                  # adapter_config.json + safetensors + peftkit.json
+    peftkit.load_adapter(base, "runs/ner", "ner")            # refuses another base (BaseModelMismatchError)
+    peftkit.read_adapter_dir("runs/ner").tensors             # validated content, no model needed
+    peftkit.base_fingerprint(base)                           # identity of a base model (fp32 == 8-bit)
+
+Modules: :mod:`~peftkit.io.files` (atomic writes, safe reads), :mod:`~peftkit.io.layout` (the
+directory format), :mod:`~peftkit.io.fingerprint`, :mod:`~peftkit.io.peft_format` (peft's
+config layout, AdaLoRA ranks), :mod:`~peftkit.io.adapter_io` (save / load onto a model).
+"""
+
+from __future__ import annotations
+
+from peftkit.io.adapter_io import load_adapter, save_adapter
+from peftkit.io.files import CONFIG_FILE, META_FILE, WEIGHTS_FILE
+from peftkit.io.fingerprint import base_fingerprint, describe_fingerprint, fingerprints_match
+from peftkit.io.layout import FORMAT_VERSION, AdapterFiles, read_adapter_dir, write_adapter_dir
+
+__all__ = [
+    "save_adapter",
+    "load_adapter",
+    "read_adapter_dir",
+    "write_adapter_dir",
+    "AdapterFiles",
+    "base_fingerprint",
+    "fingerprints_match",
+    "describe_fingerprint",
+    "FORMAT_VERSION",
+    "CONFIG_FILE",
+    "WEIGHTS_FILE",
+    "META_FILE",
+]

@@ -1,0 +1,287 @@
+"""Low-level file handling for adapter directories: atomic directory writes and safe reads.
+
+Nothing here ever unpickles: weights are read from safetensors (whose JSON header is checked by
+hand first, so that a damaged file is reported with the name of the file *and* of the tensor),
+configs from JSON.
+
+Atomic write protocol (:func:`atomic_write_dir`)::
+
+    parent/.NAME.tmp-XXXX/   <- every file written and fsync'ed here first
+    parent/NAME              <- old adapter moved aside to parent/.NAME.old-XXXX,
+                                the temp dir renamed into place (os.replace), old copy deleted
+
+An existing adapter is only touched once the new one is complete on disk; an exception at any
+point removes the temp dir and leaves the old adapter as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as safetensors_load
+from safetensors.torch import save as safetensors_save
+
+from peftkit.errors import AdapterFileError
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+META_FILE = "peftkit.json"
+#: Files that make up an adapter directory (a directory holding only these may be replaced whole).
+ADAPTER_FILES = frozenset({CONFIG_FILE, WEIGHTS_FILE, META_FILE, "adapter_model.bin", "README.md"})
+
+#: Bytes per element of each safetensors dtype code.
+DTYPE_SIZES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U64": 8,
+    "U32": 4,
+    "U16": 2,
+    "U8": 1,
+    "BOOL": 1,
+}
+_MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+
+def sha256_hex(data: bytes) -> str:
+    """Hex SHA-256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def tensors_to_bytes(tensors: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
+    """Serialise tensors to safetensors bytes (CPU, contiguous copies; shared storage is fine)."""
+    prepared = {name: t.detach().to("cpu").contiguous().clone() for name, t in tensors.items()}
+    return safetensors_save(prepared, metadata=metadata)
+
+
+def json_to_bytes(obj: Any) -> bytes:
+    """Serialise ``obj`` as indented, key-sorted JSON (the way peft writes ``adapter_config.json``)."""
+    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` and fsync it."""
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):  # not supported on every platform / file system
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write_dir(path: str | os.PathLike[str], files: Mapping[str, bytes]) -> Path:
+    """Write ``files`` (name -> content) as the directory ``path``, atomically.
+
+    If ``path`` already holds other files than adapter files (e.g. a tokenizer saved next to
+    the adapter), the directory is kept and each file is replaced atomically instead; the other
+    files are left alone.
+
+    Args:
+        path: Target directory.
+        files: File name -> bytes. Written in this order.
+
+    Returns:
+        The target directory as a :class:`~pathlib.Path`.
+
+    Raises:
+        AdapterFileError: If ``path`` exists and is not a directory.
+
+    """
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise AdapterFileError(
+            f"Cannot save the adapter to {str(target)!r}: it is a file. Pass a directory path (it is created)."
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.is_dir() and any(entry.name not in ADAPTER_FILES for entry in target.iterdir()):
+        return _replace_files_in_place(target, files)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        for name, data in files.items():
+            write_file(tmp / name, data)
+        _fsync_dir(tmp)
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            os.replace(target, old)  # onto an empty dir: allowed by POSIX rename
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+        _fsync_dir(target.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _replace_files_in_place(target: Path, files: Mapping[str, bytes]) -> Path:
+    temps: dict[str, Path] = {}
+    try:
+        for name, data in files.items():
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.tmp-", dir=target)
+            os.close(fd)
+            temps[name] = Path(tmp_name)
+            write_file(temps[name], data)
+        for name, tmp in temps.items():  # weights first, metadata (with the checksum) last
+            os.replace(tmp, target / name)
+        _fsync_dir(target)
+    except BaseException:
+        for tmp in temps.values():
+            tmp.unlink(missing_ok=True)
+        raise
+    logger.info("Replaced the adapter files in %s (other files in that directory were kept).", target)
+    return target
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """Read a JSON object from ``path``.
+
+    Raises:
+        AdapterFileError: If the file is missing, not UTF-8, not valid JSON or not an object.
+
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise AdapterFileError(f"{str(path)!r} is missing.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AdapterFileError(f"Cannot read {str(path)!r}: {exc}.") from None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise AdapterFileError(
+            f"{str(path)!r} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); the file is "
+            "corrupted or was truncated. Re-save the adapter."
+        ) from None
+    if not isinstance(obj, dict):
+        raise AdapterFileError(f"{str(path)!r} must hold a JSON object, found {type(obj).__name__}.")
+    return obj
+
+
+def check_safetensors_header(path: Path, data: bytes) -> dict[str, dict[str, Any]]:
+    """Validate the header of a safetensors file without trusting it.
+
+    Args:
+        path: File name (for messages).
+        data: The whole file content.
+
+    Returns:
+        Tensor name -> header entry (``dtype``, ``shape``, ``data_offsets``).
+
+    Raises:
+        AdapterFileError: Naming the file and, where it applies, the tensor that is damaged.
+
+    """
+    where = repr(str(path))
+    if len(data) < 8:
+        raise AdapterFileError(f"{where} is truncated ({len(data)} bytes): re-save the adapter.")
+    header_len = int.from_bytes(data[:8], "little")
+    if header_len > min(len(data) - 8, _MAX_HEADER_BYTES):
+        raise AdapterFileError(
+            f"{where} is corrupted or truncated: its header claims {header_len} bytes but the file has "
+            f"{len(data)} bytes. Re-save the adapter."
+        )
+    try:
+        header = json.loads(data[8 : 8 + header_len].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AdapterFileError(
+            f"{where} is corrupted: its safetensors header is not valid JSON ({exc}). Re-save the adapter."
+        ) from None
+    if not isinstance(header, dict):
+        raise AdapterFileError(f"{where} is corrupted: its safetensors header is not a JSON object.")
+    payload = len(data) - 8 - header_len
+    entries = {name: entry for name, entry in header.items() if name != "__metadata__"}
+    for name, entry in entries.items():
+        _check_entry(where, name, entry, payload)
+    return entries
+
+
+def _check_entry(where: str, name: str, entry: Any, payload: int) -> None:
+    prefix = f"{where}, tensor {name!r}:"
+    if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= set(entry):
+        raise AdapterFileError(f"{prefix} header entry is malformed ({entry!r}); the file is corrupted.")
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if dtype not in DTYPE_SIZES:
+        raise AdapterFileError(f"{prefix} unknown dtype {dtype!r}; the file is corrupted.")
+    if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+        raise AdapterFileError(f"{prefix} invalid shape {shape!r}; the file is corrupted.")
+    if not (
+        isinstance(offsets, list)
+        and len(offsets) == 2
+        and all(isinstance(o, int) and o >= 0 for o in offsets)
+    ):
+        raise AdapterFileError(f"{prefix} invalid data offsets {offsets!r}; the file is corrupted.")
+    begin, end = offsets
+    if end > payload:
+        raise AdapterFileError(
+            f"{prefix} its data ends at byte {end} of the data section but the file holds only {payload} bytes: "
+            "the file is truncated. Re-save the adapter."
+        )
+    expected = math.prod(shape) * DTYPE_SIZES[dtype]
+    if end - begin != expected:
+        raise AdapterFileError(
+            f"{prefix} {end - begin} data bytes do not fit shape {shape} of {dtype} ({expected} bytes); "
+            "the file is corrupted."
+        )
+
+
+def read_safetensors(path: Path, expected_sha256: str | None = None) -> dict[str, torch.Tensor]:
+    """Read and validate a safetensors file (header, sizes, optional checksum), never unpickling.
+
+    Args:
+        path: The ``.safetensors`` file.
+        expected_sha256: Checksum recorded at save time; ``None`` skips the check.
+
+    Returns:
+        Tensor name -> CPU tensor.
+
+    Raises:
+        AdapterFileError: The file is missing, truncated, corrupted or does not match the checksum.
+
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise AdapterFileError(f"{str(path)!r} is missing.") from None
+    except OSError as exc:
+        raise AdapterFileError(f"Cannot read {str(path)!r}: {exc}.") from None
+    check_safetensors_header(path, data)
+    if expected_sha256 is not None and sha256_hex(data) != expected_sha256:
+        raise AdapterFileError(
+            f"{str(path)!r} does not match the SHA-256 checksum recorded in {META_FILE} at save time: the file "
+            "is corrupted or was replaced after saving. Re-save the adapter; if you replaced the weights on "
+            f"purpose, delete the 'files' entry from {META_FILE}."
+        )
+    try:
+        return safetensors_load(data)
+    except Exception as exc:  # safetensors raises its own error type for malformed files
+        raise AdapterFileError(
+            f"{str(path)!r} cannot be read as safetensors ({exc}); re-save the adapter."
+        ) from None
