@@ -1,0 +1,106 @@
+"""Optimizer, learning-rate schedule and step counting for the training loop."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+
+from peftkit.config import TrainConfig
+from peftkit.errors import TrainingError
+
+_NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight", "ln_")
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters; biases and normalisation weights get no weight decay.
+
+    Args:
+        model: The (wrapped) model; only parameters with ``requires_grad`` are optimised.
+        config: Provides ``lr`` and ``weight_decay``.
+
+    Raises:
+        TrainingError: The model has no trainable parameter.
+
+    """
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if any(key in name for key in _NO_DECAY) else decay).append(param)
+    if not decay and not no_decay:
+        raise TrainingError(
+            "The model has no trainable parameter: wrap it first, e.g. model = peftkit.wrap(model, 'lora')."
+        )
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr)
+
+
+class WarmupSchedule:
+    """Learning-rate multiplier: linear warm-up, then linear decay to 0 (or constant).
+
+    A plain callable object (not a lambda) so that :class:`~torch.optim.lr_scheduler.LambdaLR`
+    includes its fields in ``state_dict()``, which stays JSON-serialisable.
+
+    Args:
+        warmup_steps: Steps of linear warm-up from 0 to the peak learning rate.
+        total_steps: Optimizer steps of the whole run.
+        decay: Decay linearly to 0 at ``total_steps`` (``False``: stay at the peak).
+
+    """
+
+    def __init__(self, warmup_steps: int, total_steps: int, decay: bool = True) -> None:
+        self.warmup_steps = warmup_steps
+        self.total_steps = total_steps
+        self.decay = decay
+
+    def __call__(self, step: int) -> float:
+        """Multiplier of the peak learning rate for the step about to be taken (0-based)."""
+        if step < self.warmup_steps:
+            return (step + 1) / (self.warmup_steps + 1)
+        if not self.decay:
+            return 1.0
+        remaining = self.total_steps - step
+        return max(0.0, remaining / max(1, self.total_steps - self.warmup_steps))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int) -> LambdaLR:
+    """The schedule of ``config.lr_schedule`` with ``warmup_steps`` or ``warmup_ratio * total_steps`` warm-up."""
+    warmup = (
+        config.warmup_steps if config.warmup_steps is not None else int(config.warmup_ratio * total_steps)
+    )
+    return LambdaLR(optimizer, WarmupSchedule(warmup, total_steps, decay=config.lr_schedule == "linear"))
+
+
+def steps_per_epoch(batches_per_process: int, grad_accum: int) -> int:
+    """Optimizer steps in one epoch: the last, shorter accumulation window also steps."""
+    return math.ceil(batches_per_process / grad_accum)
+
+
+def planned_optimizer_steps(num_batches: int, config: TrainConfig, num_processes: int = 1) -> int:
+    """Optimizer steps of a whole run, e.g. for AdaLoRA's ``total_step`` before the loop starts.
+
+    Args:
+        num_batches: ``len(train_dataloader)`` *before* ``accelerator.prepare`` (batches of the
+            whole data set at the per-process batch size).
+        config: Provides ``epochs``, ``grad_accum`` and ``max_steps``.
+        num_processes: ``accelerator.num_processes``; Accelerate gives every process
+            ``ceil(num_batches / num_processes)`` batches.
+
+    Returns:
+        The number of optimizer steps :func:`peftkit.training.train` will take.
+
+    Example:
+        >>> from peftkit.config import TrainConfig
+        >>> planned_optimizer_steps(10, TrainConfig(epochs=2, grad_accum=4), num_processes=1)
+        6
+
+    """
+    per_process = math.ceil(num_batches / num_processes)
+    total = steps_per_epoch(per_process, config.grad_accum) * config.epochs
+    return min(total, config.max_steps) if config.max_steps else total
