@@ -1,0 +1,258 @@
+"""``merge_adapter``: load a base, load an adapter onto it, fold it in, save a plain transformers model.
+
+::
+
+    base dir ─from_pretrained (class from the adapter's metadata, heads sized to its labels)─► model
+    adapter dir ─load_adapter (fingerprint check; strict=False with --force)─► model + adapter
+    ─► logits on a probe batch ─► fold_adapter (peft merge + unwrap; heads replaced) ─► logits again
+    ─► cast dtype ─► save_pretrained + tokenizer files + peftkit_merge.json into a temp dir ─► rename
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from torch import nn
+
+from peftkit.errors import AlreadyWrappedError, InvalidOptionError, MergeError, QuantizationError
+from peftkit.io import AdapterFiles, load_adapter, read_adapter_dir
+from peftkit.merge.fold import NOT_MERGEABLE_HINT, check_not_quantized, fold_adapter
+from peftkit.registry import get_method
+from peftkit.state import get_state, unwrap_model
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: ``--task`` values -> transformers auto class names.
+TASKS = {
+    "token-classification": "AutoModelForTokenClassification",
+    "sequence-classification": "AutoModelForSequenceClassification",
+    "causal-lm": "AutoModelForCausalLM",
+}
+#: Files copied from the base directory when present (tokenizers of the common model families).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+REPORT_FILE = "peftkit_merge.json"
+
+
+def merge_adapter(
+    base_path_or_model: str | os.PathLike[str] | nn.Module,
+    adapter_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str] | None = None,
+    *,
+    dtype: str | torch.dtype = "float32",
+    strict: bool = True,
+    task: str | None = None,
+    head_only: bool = False,
+    check: bool = True,
+    progress: bool = False,
+) -> nn.Module:
+    """Fold a LoRA / AdaLoRA adapter (and its trained heads) into the base model.
+
+    Args:
+        base_path_or_model: Directory of the full-precision base, or a plain (unwrapped) base model,
+            which is modified in place.
+        adapter_dir: Adapter directory written by :func:`peftkit.save_adapter`.
+        out_dir: If given, save the merged model there (safetensors, plus the base's tokenizer
+            files and ``peftkit_merge.json``); written into a temp dir and renamed, so a failure
+            leaves nothing behind. Must not exist yet.
+        dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"`` for the merged weights.
+        strict: Refuse a base whose fingerprint differs from the adapter's (``False`` = warn).
+        task: ``"token-classification"``, ``"sequence-classification"`` or ``"causal-lm"``; default:
+            the architecture recorded in the adapter's fingerprint.
+        head_only: For adapters that cannot be merged (bottleneck): fold only the trained heads and
+            drop the adapter layers. The result's outputs differ from the adapter model's.
+        check: Compare the logits of the adapter model and of the merged model on a random probe
+            batch and record the largest difference (logged, and written to ``peftkit_merge.json``).
+        progress: Show a progress bar while folding.
+
+    Returns:
+        The merged plain transformers model (``model.peftkit_merge_report`` holds the check).
+
+    Raises:
+        MergeError: The method cannot be merged (bottleneck; see ``head_only``), or NaNs.
+        QuantizationError: The base holds 8-bit weights.
+        BaseModelMismatchError: The base is not the adapter's (``strict``).
+        InvalidOptionError: Bad ``dtype`` / ``task``, or ``out_dir`` exists.
+
+    Example:
+        >>> merged = peftkit.merge_adapter("bert-base", "runs/ner-lora", "runs/ner-merged")  # doctest: +SKIP
+        >>> AutoModelForTokenClassification.from_pretrained("runs/ner-merged")  # doctest: +SKIP
+
+    """
+    torch_dtype = _dtype(dtype)
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InvalidOptionError(
+            f"Output directory {str(out)!r} already exists; remove it or pick another --out."
+        )
+    files = read_adapter_dir(adapter_dir)
+    spec = get_method(files.method, plugin_hint=files.plugin)
+    if not spec.mergeable and not head_only:
+        raise MergeError(
+            f"The {files.method!r} adapter in {str(files.path)!r} cannot be merged into the base weights: it is not "
+            f"a linear update of existing weights ({spec.description or files.method}). {NOT_MERGEABLE_HINT}"
+        )
+    if isinstance(base_path_or_model, nn.Module):
+        model, base_dir = unwrap_model(base_path_or_model), _source_dir(base_path_or_model)
+        if get_state(model) is not None and get_state(model).adapters:
+            raise AlreadyWrappedError(
+                "merge_adapter needs a plain base model; this one already carries adapters."
+            )
+    else:
+        base_dir = Path(base_path_or_model)
+        model = load_base_for(base_dir, files, task)
+    check_not_quantized(model)
+    model.eval()
+    load_adapter(model, files.path, "default", strict=strict)
+    probe = _probe_inputs(model) if check else None
+    before = _logits(model, probe)
+    fold_adapter(model, "default", head_only=head_only, progress=progress)
+    report: dict[str, Any] = {
+        "adapter": str(files.path),
+        "method": files.method,
+        "dtype": str(torch_dtype)[6:],
+    }
+    report["head_only"] = head_only
+    report["max_abs_logit_diff_fp32"] = _max_diff(before, _logits(model, probe))
+    model.to(torch_dtype)
+    if torch_dtype != torch.float32:
+        report[f"max_abs_logit_diff_{report['dtype']}"] = _max_diff(before, _logits(model, probe))
+    model.peftkit_merge_report = report
+    logger.info("Merged %s adapter %s: %s", files.method, files.path, report)
+    if out is not None:
+        save_merged(model, out, base_dir, report)
+    return model
+
+
+def load_base_for(base_dir: Path, files: AdapterFiles, task: str | None = None) -> nn.Module:
+    """Load the full-precision base with the head class and label count the adapter was trained with.
+
+    Raises:
+        QuantizationError: The directory holds a pre-quantised (bitsandbytes) checkpoint.
+        InvalidOptionError: Unknown ``task`` or an architecture this transformers lacks.
+
+    """
+    config_path = base_dir / "config.json"
+    if not config_path.is_file():
+        raise InvalidOptionError(
+            f"Base model directory {str(base_dir)!r} has no config.json: pass the directory saved with "
+            "save_pretrained (the full-precision base the adapter was trained on)."
+        )
+    base_config = json.loads(config_path.read_text(encoding="utf-8"))
+    if base_config.get("quantization_config"):
+        raise QuantizationError(
+            f"{str(base_dir)!r} is a quantised checkpoint ({base_config['quantization_config'].get('quant_method')}): "
+            "merging into 8-bit weights would round the update away. Merge into the original fp32/bf16 base "
+            "and quantise the merged model at load time (peftkit.load_base(merged, load_in_8bit=True))."
+        )
+    model_cls = _model_class(files, task)
+    kwargs: dict[str, Any] = {"dtype": torch.float32}
+    heads = files.meta.get("heads") or {}
+    if files.heads and heads.get("num_labels"):
+        kwargs.update(num_labels=int(heads["num_labels"]), ignore_mismatched_sizes=True)
+        if heads.get("id2label"):
+            kwargs["id2label"] = {int(k): v for k, v in heads["id2label"].items()}
+            kwargs["label2id"] = {v: int(k) for k, v in heads["id2label"].items()}
+    logger.info("Loading base %s as %s", base_dir, model_cls.__name__)
+    return model_cls.from_pretrained(str(base_dir), **kwargs)
+
+
+def save_merged(model: nn.Module, out: Path, base_dir: Path | None, report: dict[str, Any]) -> Path:
+    """Save the merged model atomically: temp dir next to ``out``, renamed into place when complete."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        model.save_pretrained(str(tmp))
+        if base_dir is not None and base_dir.is_dir():
+            for name in TOKENIZER_FILES:
+                if (base_dir / name).is_file() and not (tmp / name).exists():
+                    shutil.copy2(base_dir / name, tmp / name)
+        (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        if out.exists():
+            out.rmdir()  # empty (checked by merge_adapter)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("Saved merged model to %s", out)
+    return out
+
+
+def _model_class(files: AdapterFiles, task: str | None) -> type:
+    if task is not None:
+        if task not in TASKS:
+            raise InvalidOptionError(f"task={task!r} is unknown: use one of {', '.join(TASKS)}.")
+        return getattr(transformers, TASKS[task])
+    architecture = (files.fingerprint or {}).get("architecture")
+    model_cls = getattr(transformers, architecture, None) if architecture else None
+    if model_cls is None:
+        raise InvalidOptionError(
+            f"Cannot tell which model class the adapter in {str(files.path)!r} was trained with "
+            f"(recorded architecture: {architecture!r}); pass task= one of {', '.join(TASKS)} (--task)."
+        )
+    return model_cls
+
+
+def _dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    raise InvalidOptionError(
+        f"dtype={dtype!r} is not supported for merged weights: use one of {', '.join(DTYPES)}."
+    )
+
+
+def _source_dir(model: nn.Module) -> Path | None:
+    name = getattr(getattr(model, "config", None), "_name_or_path", "") or ""
+    return Path(name) if name and Path(name).is_dir() else None
+
+
+def _probe_inputs(model: nn.Module) -> dict[str, torch.Tensor] | None:
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    if not vocab:
+        return None
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(min(3, vocab - 1), vocab, (2, 16), generator=generator)
+    device = next(model.parameters()).device
+    return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids, device=device)}
+
+
+@torch.no_grad()
+def _logits(model: nn.Module, probe: dict[str, torch.Tensor] | None) -> torch.Tensor | None:
+    if probe is None:
+        return None
+    try:
+        outputs = model(**probe)
+    except Exception as exc:  # a model needing other inputs: skip the check, never fail the merge
+        logger.warning("Skipping the merge check: probe forward failed (%s).", exc)
+        return None
+    logits = getattr(outputs, "logits", None)
+    return logits.float().cpu() if isinstance(logits, torch.Tensor) else None
+
+
+def _max_diff(a: torch.Tensor | None, b: torch.Tensor | None) -> float | None:
+    if a is None or b is None or a.shape != b.shape:
+        return None
+    return float((a - b).abs().max())
