@@ -30,7 +30,9 @@ def test_left_padding_and_multiple_of_eight() -> None:
 
 
 def test_scalar_labels_are_stacked_for_sequence_classification() -> None:
-    batch = PaddingCollator(pad_token_id=0)([{"input_ids": [1, 2], "labels": 1}, {"input_ids": [3], "labels": 0}])
+    batch = PaddingCollator(pad_token_id=0)(
+        [{"input_ids": [1, 2], "labels": 1}, {"input_ids": [3], "labels": 0}]
+    )
     assert batch["labels"].tolist() == [1, 0]
     assert batch["input_ids"].tolist() == [[1, 2], [3, 0]]
 
@@ -85,7 +87,9 @@ def test_sampler_sorts_within_mega_batches() -> None:
 
 def test_length_grouping_reduces_padding() -> None:
     def padded(order: list[int]) -> int:
-        return sum(max(LENGTHS[i] for i in order[b : b + 8]) * len(order[b : b + 8]) for b in range(0, len(order), 8))
+        return sum(
+            max(LENGTHS[i] for i in order[b : b + 8]) * len(order[b : b + 8]) for b in range(0, len(order), 8)
+        )
 
     grouped = list(LengthGroupedSampler(LENGTHS, batch_size=8, seed=0))
     random_order = torch.randperm(len(LENGTHS), generator=torch.Generator().manual_seed(0)).tolist()
@@ -104,7 +108,9 @@ def test_sharded_across_two_ranks_every_index_once(even_batches: bool, size: int
         for rank in range(2):
             sampler = LengthGroupedSampler(lengths, batch_size=4, seed=7)
             loader = DataLoader(list(range(size)), batch_size=4, sampler=sampler)
-            sharded = prepare_data_loader(loader, num_processes=2, process_index=rank, even_batches=even_batches)
+            sharded = prepare_data_loader(
+                loader, num_processes=2, process_index=rank, even_batches=even_batches
+            )
             sharded.set_epoch(epoch)
             seen.append([i for batch in sharded for i in batch.tolist()])
             assert sampler.epoch == epoch  # Accelerate forwarded set_epoch to our sampler
@@ -120,12 +126,15 @@ def test_batch_sampler_shard_directly() -> None:
 
     sampler = LengthGroupedSampler(LENGTHS, batch_size=5, seed=1)
     shards = [
-        list(BatchSamplerShard(BatchSampler(sampler, 5, drop_last=False), 2, rank, even_batches=False)) for rank in (0, 1)
+        list(BatchSamplerShard(BatchSampler(sampler, 5, drop_last=False), 2, rank, even_batches=False))
+        for rank in (0, 1)
     ]
     flat = [i for shard in shards for batch in shard for i in batch]
     assert sorted(flat) == list(range(len(LENGTHS)))
     # Both ranks agree on the global order: interleaving their batches gives the sampler's order back.
-    interleaved = [b for pair in zip(shards[0], shards[1]) for b in pair] + shards[0][len(shards[1]) :]
+    interleaved = [b for pair in zip(shards[0], shards[1], strict=False) for b in pair] + shards[0][
+        len(shards[1]) :
+    ]
     assert [i for b in interleaved for i in b] == list(sampler)
 
 

@@ -48,7 +48,17 @@ def assert_located(error: pytest.ExceptionInfo[DataError], path: Path, line: int
         "\ufeff" + FOUR_COLUMNS,  # byte-order mark
         FOUR_COLUMNS.replace("Peter", "-DOCSTART- -X- -X- O\nPeter"),  # DOCSTART ends a sentence
     ],
-    ids=["plain", "no-final-newline", "trailing-blanks", "blank-variants", "tabs", "mixed", "crlf", "bom", "docstart"],
+    ids=[
+        "plain",
+        "no-final-newline",
+        "trailing-blanks",
+        "blank-variants",
+        "tabs",
+        "mixed",
+        "crlf",
+        "bom",
+        "docstart",
+    ],
 )
 def test_reads_four_column_conll_variants(tmp_path: Path, content: str) -> None:
     assert read_conll(write(tmp_path, content)) == EXPECTED

@@ -47,7 +47,13 @@ def test_iob1_to_iob2(iob1: list[str], iob2: list[str]) -> None:
 
 
 def test_iobes_and_bilou_to_iob2() -> None:
-    assert iobes_to_iob2(["S-PER", "B-LOC", "I-LOC", "E-LOC", "O"]) == ["B-PER", "B-LOC", "I-LOC", "I-LOC", "O"]
+    assert iobes_to_iob2(["S-PER", "B-LOC", "I-LOC", "E-LOC", "O"]) == [
+        "B-PER",
+        "B-LOC",
+        "I-LOC",
+        "I-LOC",
+        "O",
+    ]
     assert to_iob2(["U-PER", "B-LOC", "L-LOC"], "BILOU") == ["B-PER", "B-LOC", "I-LOC"]
 
 

@@ -42,7 +42,10 @@ def test_first_piece_gets_the_label_other_pieces_and_specials_get_ignore(tokeniz
     feature = encoded[0]
     # [CLS] eu rejects x ##y ##l ##o ##p ##h ##o ##n ##i ##c call [SEP]
     assert encoded.word_ids[0] == [None, 0, 1] + [2] * 10 + [3, None]
-    assert feature["labels"] == [IGNORE, L2I["B-ORG"], L2I["O"], L2I["B-MISC"]] + [IGNORE] * 9 + [L2I["O"], IGNORE]
+    assert feature["labels"] == [IGNORE, L2I["B-ORG"], L2I["O"], L2I["B-MISC"]] + [IGNORE] * 9 + [
+        L2I["O"],
+        IGNORE,
+    ]
     assert len(feature["input_ids"]) == len(feature["attention_mask"]) == len(feature["labels"]) == 15
     assert sum(label != IGNORE for label in feature["labels"]) == len(SENTENCES[0])
 
@@ -73,7 +76,7 @@ def test_long_sentences_are_split_into_windows_that_reassemble(tokenizer, max_le
     for index, sentence in enumerate(sentences):
         spans = [(w.start, w.end) for w in encoded.windows if w.sentence == index]
         assert spans[0][0] == 0 and spans[-1][1] == len(sentence)
-        assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+        assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
     if max_length < 64:
         assert len([w for w in encoded.windows if w.sentence == 2]) > 1
     tags_back = predictions_to_tags(encoded, gold_predictions(encoded), LABELS)
@@ -109,7 +112,9 @@ def test_predictions_can_be_logits_tensors_and_right_padded(tokenizer) -> None:
     expected = [list(s.tags) for s in SENTENCES]
     assert predictions_to_tags(encoded, logits, LABELS) == expected
     assert predictions_to_tags(encoded, ids.numpy(), dict(enumerate(LABELS))) == expected
-    assert predictions_to_tags(encoded, [np.asarray(p) for p in gold_predictions(encoded)], LABELS) == expected
+    assert (
+        predictions_to_tags(encoded, [np.asarray(p) for p in gold_predictions(encoded)], LABELS) == expected
+    )
 
 
 def test_prediction_shape_errors(tokenizer) -> None:
@@ -126,7 +131,9 @@ def test_tag_missing_from_label2id_names_sentence_and_line(tokenizer) -> None:
     with pytest.raises(DataError, match=r"sentence 1 \(line 42\) has tag 'B-EVENT'"):
         encode_token_classification(sentences, tokenizer, L2I)
     with pytest.raises(DataError, match="'I-PER'"):
-        encode_token_classification([Sentence(("x",), ("B-PER",))], tokenizer, {"O": 0, "B-PER": 1}, label_all_pieces=True)
+        encode_token_classification(
+            [Sentence(("x",), ("B-PER",))], tokenizer, {"O": 0, "B-PER": 1}, label_all_pieces=True
+        )
 
 
 def test_slow_tokenizer_and_tiny_max_length_are_rejected(tokenizer) -> None:
@@ -145,7 +152,9 @@ def test_features_work_with_padding_collator_and_dataloader(tokenizer) -> None:
     from peftkit.data import PaddingCollator
 
     encoded = encode_token_classification(SENTENCES, tokenizer, L2I)
-    batch = next(iter(DataLoader(encoded, batch_size=2, collate_fn=PaddingCollator.from_tokenizer(tokenizer))))
+    batch = next(
+        iter(DataLoader(encoded, batch_size=2, collate_fn=PaddingCollator.from_tokenizer(tokenizer)))
+    )
     assert batch["input_ids"].shape == batch["labels"].shape == (2, 15)
     assert batch["labels"][1, 4:].eq(IGNORE).all()
 

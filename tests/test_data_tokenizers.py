@@ -12,7 +12,20 @@ import string
 import pytest
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-WORDS = ["the", "eu", "german", "rejects", "call", "to", "boycott", "british", "lamb", "peter", "un", "##able"]
+WORDS = [
+    "the",
+    "eu",
+    "german",
+    "rejects",
+    "call",
+    "to",
+    "boycott",
+    "british",
+    "lamb",
+    "peter",
+    "un",
+    "##able",
+]
 
 
 @functools.lru_cache(maxsize=1)

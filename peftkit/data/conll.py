@@ -79,7 +79,7 @@ def parse_conll(
         text: The file content.
         source: Name used in error messages (usually the file path).
         labels: If given, every tag in the file must be one of these.
-        scheme: Tagging scheme of the file: ``"auto"`` (detect) or one of
+        scheme: Tagging scheme of the file (case-insensitive): ``"auto"`` (detect) or one of
             :data:`~peftkit.data.iob.SCHEMES`. ``"IOB2"`` additionally rejects ``I-`` tags that open an
             entity.
 
@@ -91,6 +91,7 @@ def parse_conll(
         InvalidOptionError: If ``scheme`` is unknown.
 
     """
+    scheme = "auto" if scheme.lower() == "auto" else scheme.upper()
     if scheme != "auto" and scheme not in SCHEMES:
         options = ("auto", *SCHEMES)
         raise InvalidOptionError(
