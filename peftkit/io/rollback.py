@@ -2,23 +2,35 @@
 
 from __future__ import annotations
 
+import copy
+
+from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.utils.other import AuxiliaryTrainingWrapper
 from torch import nn
 
 from peftkit.state import _STATE_ATTR, PeftkitState, unwrap_model
+
+_TREE_ATTRS = ("_modules", "_parameters", "_buffers")
 
 
 class ModelSnapshot:
     """Shallow record of a model's module tree, parameter flags, hooks and peftkit state.
 
     Injection only replaces child modules, adds entries to ``ModuleDict`` / ``ParameterDict``
-    containers, registers forward hooks and edits the peftkit state; restoring the recorded
-    ``_modules`` / ``_parameters`` dicts undoes all of that without copying any tensor.
+    containers, edits the book-keeping attributes of existing adapter layers (active adapter,
+    ranks, scalings), registers forward hooks and edits the peftkit state; restoring the
+    recorded dicts undoes all of that without copying any tensor.
     """
 
     def __init__(self, model: nn.Module) -> None:
         """Record ``model``'s current structure."""
         self.model = unwrap_model(model)
         self.modules = [(m, dict(m._modules), dict(m._parameters)) for m in self.model.modules()]
+        self.layer_attrs = [
+            (m, {k: copy.copy(v) for k, v in m.__dict__.items() if k not in _TREE_ATTRS})
+            for m in self.model.modules()
+            if isinstance(m, (BaseTunerLayer, AuxiliaryTrainingWrapper))
+        ]
         self.requires_grad = [(p, p.requires_grad) for p in self.model.parameters()]
         self.forward_hooks = dict(self.model._forward_hooks)
         self.training = [(m, m.training) for m in self.model.modules()]
@@ -33,6 +45,8 @@ class ModelSnapshot:
             module._modules.update(children)
             module._parameters.clear()
             module._parameters.update(params)
+        for module, attrs in self.layer_attrs:
+            module.__dict__.update(attrs)
         for param, flag in self.requires_grad:
             param.requires_grad_(flag)
         self.model._forward_hooks.clear()
@@ -48,17 +62,4 @@ class ModelSnapshot:
         self.model.__dict__[_STATE_ATTR] = state
         state.adapters = adapters
         state.active, state.enabled = active, enabled
-        _resync_active(self.model, active, enabled)
 
-
-def _resync_active(model: nn.Module, active: str | None, enabled: bool) -> None:
-    """Point every adapter layer back at the previously active adapter (flags were restored already)."""
-    from peftkit.wrap import disable_adapters, set_active
-
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    if active is not None:
-        set_active(model, active)
-    if not enabled:
-        disable_adapters(model)
-    for param, flag in flags:
-        param.requires_grad_(flag)
