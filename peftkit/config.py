@@ -306,19 +306,22 @@ def _field_types(cls: type) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
 
 
+def _literal_choices(tp: Any) -> list[Any]:
+    if typing.get_origin(tp) is Literal:
+        return list(typing.get_args(tp))
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return [c for arg in typing.get_args(tp) for c in _literal_choices(arg)]
+    return []
+
+
 def _convert(cls: type, key: str, value: Any, source: str, from_cli: bool) -> Any:
     tp = _field_types(cls)[key]
     try:
         return _coerce(value, tp, from_cli)
     except _CoercionError:
         flag = "--" + key.replace("_", "-")
-        hint = ""
-        if typing.get_origin(tp) is Literal or (
-            typing.get_origin(tp) in (Union, types.UnionType)
-            and any(typing.get_origin(a) is Literal for a in typing.get_args(tp))
-        ):
-            choices = [c for a in (typing.get_args(tp) or (tp,)) for c in typing.get_args(a) or ()]
-            hint = did_you_mean(str(value), [str(c) for c in choices])
+        choices = _literal_choices(tp)
+        hint = did_you_mean(str(value), [str(c) for c in choices]) if choices else ""
         raise ConfigError(
             f"{source}: {key!r} expects {_type_name(tp)}, got {value!r} ({type(value).__name__}).{hint} "
             f"Fix the value (command line: {flag} VALUE)."

@@ -1,0 +1,191 @@
+"""Recipe configs: YAML + command-line overrides, strict types, helpful errors."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import pytest
+
+from peftkit.config import RecipeConfig, TrainConfig, config_to_dict, parse_config, save_config
+from peftkit.errors import ConfigError
+
+
+@dataclasses.dataclass
+class NerConfig(RecipeConfig):
+    """A recipe's own config: the shared fields plus one of its own.
+
+    Attributes:
+        label_all_tokens: Label every word piece, not only the first.
+        scheme: Tagging scheme.
+    """
+
+    label_all_tokens: bool = False
+    scheme: Literal["IOB1", "IOB2"] = "IOB2"
+
+
+def write(tmp_path, text: str, name: str = "cfg.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_defaults_yaml_then_command_line(tmp_path):
+    path = write(tmp_path, "lr: 1e-4\nepochs: 5\nmethod: adalora\ntarget-modules: [query, value]\n")
+    cfg = parse_config(NerConfig, ["--config", str(path), "--epochs", "2", "--label-all-tokens"])
+    assert cfg.lr == 1e-4  # YAML 1.1 reads '1e-4' as a string; float fields accept it
+    assert cfg.epochs == 2  # the command line wins over the file
+    assert cfg.method == "adalora" and cfg.target_modules == ["query", "value"]
+    assert cfg.label_all_tokens is True and cfg.batch_size == 16  # default kept
+
+
+@pytest.mark.parametrize(
+    ("argv", "field", "expected"),
+    [
+        (["--model-path", "/m"], "model_path", "/m"),
+        (["--model_path", "/m"], "model_path", "/m"),
+        (["--method", "adapter"], "method", "adapter"),
+        (["--r", "4"], "r", 4),
+        (["--epochs", "7"], "epochs", 7),
+        (["--lr", "3e-4"], "lr", 3e-4),
+        (["--batch-size", "8"], "batch_size", 8),
+        (["--max-train-samples", "100"], "max_train_samples", 100),
+        (["--max-train-samples", "none"], "max_train_samples", None),
+        (["--load-in-8bit"], "load_in_8bit", True),
+        (["--no-checkpoint-trainable-only"], "checkpoint_trainable_only", False),
+        (["--output-dir", "runs/x"], "output_dir", "runs/x"),
+        (["--seed", "1"], "seed", 1),
+        (["--resume"], "resume", True),
+        (["--checkpoint-every", "50"], "checkpoint_every", 50),
+        (["--grad-accum", "4"], "grad_accum", 4),
+        (["--method-options", "{tinit: 10, beta1: 0.9}"], "method_options", {"tinit": 10, "beta1": 0.9}),
+        (["--scheme", "IOB1"], "scheme", "IOB1"),
+    ],
+)
+def test_every_field_has_a_flag(argv, field, expected):
+    assert getattr(parse_config(NerConfig, argv), field) == expected
+
+
+def test_unknown_yaml_key_names_key_file_line_and_suggestion(tmp_path):
+    path = write(tmp_path, "lr: 0.001\nbatch_sise: 8\n")
+    with pytest.raises(ConfigError) as info:
+        parse_config(RecipeConfig, ["--config", str(path)])
+    message = str(info.value)
+    assert "'batch_sise'" in message and str(path) in message and "line 2" in message
+    assert "Did you mean 'batch_size'?" in message
+
+
+def test_unknown_command_line_option_suggests_the_closest():
+    with pytest.raises(ConfigError, match=r"unknown option '--learning-rat'"):
+        parse_config(RecipeConfig, ["--learning-rat", "1"])
+    with pytest.raises(ConfigError, match=r"Did you mean '--grad-accum'\?"):
+        parse_config(RecipeConfig, ["--grad-acum", "2"])
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "key", "expected_type", "given"),
+    [
+        ("epochs: three\n", "epochs", "an integer", "'three'"),
+        ("epochs: 2.5\n", "epochs", "an integer", "2.5"),
+        ("lr: fast\n", "lr", "a number", "'fast'"),
+        ("load_in_8bit: 'sometimes'\n", "load_in_8bit", "true/false", "'sometimes'"),
+        ("target_modules: query\n", "target_modules", "a list of strings or null", "'query'"),
+        ("lr_schedule: cosine\n", "lr_schedule", "one of 'linear', 'constant'", "'cosine'"),
+    ],
+)
+def test_wrong_yaml_type_names_key_type_and_value(tmp_path, yaml_text, key, expected_type, given):
+    path = write(tmp_path, yaml_text)
+    with pytest.raises(ConfigError) as info:
+        parse_config(RecipeConfig, ["--config", str(path)])
+    message = str(info.value)
+    assert f"'{key}' expects {expected_type}, got {given}" in message
+    assert str(path) in message and "line 1" in message
+
+
+def test_wrong_command_line_type():
+    with pytest.raises(ConfigError, match=r"command line: 'batch_size' expects an integer, got 'big'"):
+        parse_config(RecipeConfig, ["--batch-size", "big"])
+    with pytest.raises(ConfigError, match=r"one of 'no', 'bf16', 'fp16'.*Did you mean 'bf16'\?"):
+        parse_config(RecipeConfig, ["--mixed-precision", "bf61"])
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path):
+    path = write(tmp_path, "lr: 0.001\nepochs: [1, 2\nseed: 3\n")
+    with pytest.raises(ConfigError) as info:
+        parse_config(RecipeConfig, ["-c", str(path)])
+    assert str(path) in str(info.value) and "line 3" in str(info.value) and "invalid YAML" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("- lr\n- 3\n", "top level must be a mapping"),
+        ("lr: 0.1\nlr: 0.2\n", "line 2: key 'lr' is repeated"),
+    ],
+)
+def test_malformed_documents(tmp_path, text, match):
+    with pytest.raises(ConfigError, match=match):
+        parse_config(RecipeConfig, ["--config", str(write(tmp_path, text))])
+
+
+def test_missing_file_and_empty_file(tmp_path):
+    with pytest.raises(ConfigError, match="Cannot read config file"):
+        parse_config(RecipeConfig, ["--config", str(tmp_path / "nope.yaml")])
+    assert parse_config(RecipeConfig, ["--config", str(write(tmp_path, ""))]) == RecipeConfig()
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["--lr", "0"], r"lr=0.0 must be > 0"),
+        (["--batch-size", "0"], r"batch_size=0 must be >= 1: pass e.g. --batch-size 16"),
+        (["--warmup-ratio", "1.5"], r"warmup_ratio=1.5 must lie in \[0, 1\)"),
+        (["--method", "lroa"], r"method='lroa' is not a registered.*Did you mean 'lora'\?"),
+    ],
+)
+def test_values_are_validated_at_construction(argv, match):
+    with pytest.raises(ConfigError, match=match):
+        parse_config(RecipeConfig, argv)
+
+
+def test_saved_config_reads_back(tmp_path):
+    cfg = parse_config(
+        NerConfig, ["--lr", "2e-4", "--target-modules", "query", "--method-options", "{tinit: 3}"]
+    )
+    path = save_config(cfg, tmp_path / "out" / "config.yaml")
+    assert parse_config(NerConfig, ["--config", str(path)]) == cfg
+    assert config_to_dict(cfg)["lr"] == 2e-4
+
+
+@pytest.mark.parametrize(
+    ("method", "argv", "expected"),
+    [
+        ("lora", ["--r", "4", "--alpha", "8"], {"r": 4, "alpha": 8.0}),
+        (
+            "adalora",
+            ["--r", "2", "--method-options", "{total_step: 100}"],
+            {"target_r": 2, "total_step": 100},
+        ),
+        ("adapter", ["--method-options", "{reduction_factor: 8}"], {"reduction_factor": 8}),
+    ],
+)
+def test_wrap_options_map_generic_fields_to_the_method(method, argv, expected):
+    assert parse_config(RecipeConfig, ["--method", method, *argv]).wrap_options() == expected
+
+
+def test_rank_has_no_meaning_for_the_adapter():
+    with pytest.raises(ConfigError, match=r"r=4 has no meaning for method 'adapter'"):
+        parse_config(RecipeConfig, ["--method", "adapter", "--r", "4"]).wrap_options()
+
+
+def test_help_lists_fields_with_their_docs(capsys):
+    with pytest.raises(SystemExit) as info:
+        parse_config(NerConfig, ["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--label-all-tokens" in out and "Label every word piece" in out and "--grad-accum" in out
+
+
+def test_train_config_direct_construction_validates():
+    with pytest.raises(ConfigError, match="keep_checkpoints=0"):
+        TrainConfig(keep_checkpoints=0)
