@@ -186,6 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if not getattr(args, "verbose", False) and not debug:
+        _quiet_libraries()
     try:
         return int(args.handler(args, parser) or 0)
     except PeftkitError as exc:
@@ -201,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _cmd_merge(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from peftkit.merge import merge_adapter
 
-    merge_adapter(
+    model = merge_adapter(
         args.base,
         args.adapter,
         args.out,
@@ -211,7 +213,20 @@ def _cmd_merge(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         head_only=args.head_only,
         progress=True,
     )
-    print(f"Merged {args.adapter} into {args.base} -> {args.out} ({args.dtype})")
+    report = getattr(model, "peftkit_merge_report", {})
+    print(
+        f"Merged the {report.get('method', '')} adapter {args.adapter} into {args.base} -> {args.out} ({args.dtype})"
+    )
+    for key, value in sorted(report.items()):
+        if key.startswith("max_abs_logit_diff") and value is not None:
+            print(
+                f"  {key.replace('_', ' ')}: {value:.3g} (adapter model vs merged model, random probe batch)"
+            )
+    if args.head_only:
+        print(
+            "  NOTE: --head-only: only the trained task head was folded in; the adapter layers were NOT merged. "
+            f"Load {args.adapter} onto the base with peftkit.load_adapter to reproduce the adapter model."
+        )
     return 0
 
 
@@ -260,6 +275,14 @@ def _cmd_methods(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     for name, error in failed.items():
         print(f"plugin {name!r} failed to load: {error}", file=sys.stderr)
     return 0
+
+
+def _quiet_libraries() -> None:
+    """Hide transformers' per-file loading bars and info logs (``--verbose`` keeps them)."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
 
 
 def _table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:

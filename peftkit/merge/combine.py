@@ -99,7 +99,9 @@ def combine_adapters(
         new_rank = output_rank(how, [v.nominal_rank for v in views], rank)
         scale = output_scale(first.method, new_rank)
         combined = {}
-        for module in tqdm(sorted(first.updates), desc="Combining", unit="module", disable=not progress):
+        for module in tqdm(
+            sorted(first.updates), desc="Combining", unit="module", disable=None if progress else True
+        ):
             combined[module] = combine_low_rank(
                 [v.updates[module] for v in views],
                 weights,

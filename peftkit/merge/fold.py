@@ -93,7 +93,9 @@ def fold_adapter(
         )
     check_not_quantized(inner)
     layers = _outermost(adapter_layers(inner))
-    for module_name, module in tqdm(layers, desc="Merging", unit="module", disable=not progress):
+    for module_name, module in tqdm(
+        layers, desc="Merging", unit="module", disable=None if progress else True
+    ):
         replacement = _fold_module(module_name, module, name, merge=spec.mergeable)
         _replace(inner, module_name, replacement)
     leftovers = [n for n, _ in adapter_layers(inner)]

@@ -22,8 +22,14 @@ import torch
 import transformers
 from torch import nn
 
-from peftkit.errors import AlreadyWrappedError, InvalidOptionError, MergeError, QuantizationError
-from peftkit.io import AdapterFiles, load_adapter, read_adapter_dir
+from peftkit.errors import (
+    AlreadyWrappedError,
+    BaseModelMismatchError,
+    InvalidOptionError,
+    MergeError,
+    QuantizationError,
+)
+from peftkit.io import AdapterFiles, describe_fingerprint, load_adapter, read_adapter_dir
 from peftkit.merge.fold import NOT_MERGEABLE_HINT, check_not_quantized, fold_adapter
 from peftkit.registry import get_method
 from peftkit.state import get_state, unwrap_model
@@ -121,7 +127,7 @@ def merge_adapter(
             )
     else:
         base_dir = Path(base_path_or_model)
-        model = load_base_for(base_dir, files, task)
+        model = load_base_for(base_dir, files, task, strict)
     check_not_quantized(model)
     model.eval()
     load_adapter(model, files.path, "default", strict=strict)
@@ -145,11 +151,14 @@ def merge_adapter(
     return model
 
 
-def load_base_for(base_dir: Path, files: AdapterFiles, task: str | None = None) -> nn.Module:
+def load_base_for(
+    base_dir: Path, files: AdapterFiles, task: str | None = None, strict: bool = True
+) -> nn.Module:
     """Load the full-precision base with the head class and label count the adapter was trained with.
 
     Raises:
         QuantizationError: The directory holds a pre-quantised (bitsandbytes) checkpoint.
+        BaseModelMismatchError: The base's ``model_type`` differs from the adapter's (``strict``).
         InvalidOptionError: Unknown ``task`` or an architecture this transformers lacks.
 
     """
@@ -166,7 +175,7 @@ def load_base_for(base_dir: Path, files: AdapterFiles, task: str | None = None) 
             "merging into 8-bit weights would round the update away. Merge into the original fp32/bf16 base "
             "and quantise the merged model at load time (peftkit.load_base(merged, load_in_8bit=True))."
         )
-    model_cls = _model_class(files, task)
+    model_cls = _model_class(files, task, base_config.get("model_type"), strict)
     kwargs: dict[str, Any] = {"dtype": torch.float32}
     heads = files.meta.get("heads") or {}
     if files.heads and heads.get("num_labels"):
@@ -199,19 +208,36 @@ def save_merged(model: nn.Module, out: Path, base_dir: Path | None, report: dict
     return out
 
 
-def _model_class(files: AdapterFiles, task: str | None) -> type:
-    if task is not None:
-        if task not in TASKS:
-            raise InvalidOptionError(f"task={task!r} is unknown: use one of {', '.join(TASKS)}.")
-        return getattr(transformers, TASKS[task])
-    architecture = (files.fingerprint or {}).get("architecture")
-    model_cls = getattr(transformers, architecture, None) if architecture else None
-    if model_cls is None:
-        raise InvalidOptionError(
-            f"Cannot tell which model class the adapter in {str(files.path)!r} was trained with "
-            f"(recorded architecture: {architecture!r}); pass task= one of {', '.join(TASKS)} (--task)."
+def _model_class(files: AdapterFiles, task: str | None, base_type: str | None, strict: bool) -> type:
+    fingerprint = files.fingerprint or {}
+    architecture = fingerprint.get("architecture")
+    if strict and base_type and fingerprint.get("model_type") and base_type != fingerprint["model_type"]:
+        raise BaseModelMismatchError(
+            f"The adapter in {str(files.path)!r} was trained on a {fingerprint['model_type']!r} model "
+            f"({describe_fingerprint(fingerprint)}), but the base directory holds a {base_type!r} model. Pass the "
+            "base it was trained on (--force / strict=False tries anyway)."
         )
-    return model_cls
+    if task is None and architecture and (base_type == fingerprint.get("model_type") or not base_type):
+        model_cls = getattr(transformers, architecture, None)
+        if model_cls is not None:
+            return model_cls
+    task = task or _task_of(architecture)
+    if task not in TASKS:
+        raise InvalidOptionError(
+            f"Cannot tell which model class to load the base with (adapter architecture {architecture!r}, "
+            f"task={task!r}); pass task= one of {', '.join(TASKS)} (--task)."
+        )
+    return getattr(transformers, TASKS[task])
+
+
+def _task_of(architecture: str | None) -> str | None:
+    suffixes = {
+        "ForTokenClassification": "token-classification",
+        "ForSequenceClassification": "sequence-classification",
+        "ForCausalLM": "causal-lm",
+        "LMHeadModel": "causal-lm",
+    }
+    return next((t for s, t in suffixes.items() if architecture and architecture.endswith(s)), None)
 
 
 def _dtype(dtype: str | torch.dtype) -> torch.dtype:
