@@ -41,6 +41,8 @@ def test_inconsistent_example_and_bad_options_are_rejected() -> None:
     collate = PaddingCollator(pad_token_id=0)
     with pytest.raises(InvalidOptionError, match="different lengths"):
         collate([{"input_ids": [1, 2], "labels": [1]}])
+    with pytest.raises(InvalidOptionError, match="has keys"):
+        collate([{"input_ids": [1]}, {"input_ids": [1], "labels": [0]}])
     with pytest.raises(InvalidOptionError, match="empty"):
         collate([])
     with pytest.raises(InvalidOptionError, match="padding_side"):

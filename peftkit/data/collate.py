@@ -104,6 +104,13 @@ class PaddingCollator:
         """Collate ``examples`` into a batch of tensors (shape ``(batch, padded_length)`` for sequences)."""
         if not examples:
             raise InvalidOptionError("cannot collate an empty list of examples.")
+        keys = set(examples[0])
+        for index, example in enumerate(examples):
+            if set(example) != keys:
+                raise InvalidOptionError(
+                    f"example {index} has keys {sorted(example)} but example 0 has {sorted(keys)}; encode all "
+                    "examples of a batch with the same function."
+                )
         sequence_keys = [key for key in examples[0] if _is_sequence(examples[0][key])]
         for index, example in enumerate(examples):
             sizes = {key: len(example[key]) for key in sequence_keys}

