@@ -1,0 +1,174 @@
+"""Peak memory of a training run, one variant per fresh process.
+
+Why a fresh process: the process-wide high-water mark (``ru_maxrss`` / ``VmHWM``) never goes
+down, and memory freed by an earlier variant stays in the allocator's pools, so measuring
+several variants in one process mixes their footprints. Each probe therefore runs
+``python -m benchmarks.memory '<json>'``: import, load + wrap the model, then reset the
+high-water mark (Linux: write ``5`` to ``/proc/self/clear_refs``) so the one-off peak of loading
+(e.g. bitsandbytes quantising fp32 weights) is excluded, run a few training steps (the first
+allocates the optimizer state, later ones reach the steady-state peak), and read ``VmHWM``.
+Where the reset is impossible the peak falls back to ``ru_maxrss`` (loading included) and says
+so in ``peak_source``. On CUDA the probe also reports ``torch.cuda.max_memory_allocated``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+MARKER = "BENCH_MEMORY_RESULT "
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def current_rss_mb() -> float:
+    """Resident set size of this process now, in MiB."""
+    status = _proc_status()
+    if "VmRSS" in status:
+        return status["VmRSS"] / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter of this process (Linux >= 4.0); ``False`` if impossible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size (``VmHWM``, else ``ru_maxrss``) of this process, in MiB."""
+    status = _proc_status()
+    if "VmHWM" in status:
+        return status["VmHWM"] / 1024
+    scale = 1024**2 if sys.platform == "darwin" else 1024  # macOS reports bytes, Linux KiB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
+
+
+def probe(spec: dict[str, Any]) -> dict[str, Any]:
+    """Load one variant, train a few steps and return its memory figures (MiB).
+
+    Args:
+        spec: ``model_path``, ``precision``, ``method``, ``batch``, ``seq_len``, ``steps``,
+            ``num_labels``, ``seed``, ``device``.
+
+    Returns:
+        ``rss_start_mb`` (before loading), ``rss_loaded_mb`` (model ready), ``peak_rss_mb``
+        (high-water mark while training), ``train_extra_mb`` (peak minus loaded),
+        ``peak_source`` and, on CUDA, ``cuda_peak_mb``.
+
+    """
+    from benchmarks.measure import Runner, make_batch
+    from benchmarks.variants import build_variant, variant_name
+
+    device = spec["device"]
+    rss_start = current_rss_mb()
+    model = build_variant(
+        spec["model_path"], spec["precision"], spec["method"], spec["num_labels"], spec["seed"], device
+    )
+    runner = Runner(variant_name(spec["precision"], spec["method"]), model, device)
+    batch = make_batch(
+        spec["batch"], spec["seq_len"], model.config.vocab_size, spec["num_labels"], spec["seed"], device
+    )
+    rss_loaded = current_rss_mb()
+    was_reset = reset_peak_rss()
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    for _ in range(spec["steps"]):
+        runner.train_step(batch)
+    peak = peak_rss_mb()
+    result = {
+        "rss_start_mb": rss_start,
+        "rss_loaded_mb": rss_loaded,
+        "peak_rss_mb": peak,
+        "train_extra_mb": peak - rss_loaded,
+        "peak_source": "VmHWM reset after loading" if was_reset else "ru_maxrss (includes loading)",
+        "cuda_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None,
+    }
+    return result
+
+
+def measure_peaks(
+    specs: dict[str, dict[str, Any]], mode: str, jobs: int = 2, timeout: float = 900.0
+) -> dict[str, dict[str, Any]]:
+    """Memory figures of several variants.
+
+    Args:
+        specs: ``{variant name: probe spec}`` (see :func:`probe`).
+        mode: ``"subprocess"`` (one fresh process per variant, ``jobs`` at a time; peaks are
+            memory, not time, so running probes side by side does not distort them),
+            ``"inprocess"`` (sequential in this process: only ``train_extra_mb`` is meaningful)
+            or ``"off"``.
+        jobs: Concurrent probe processes.
+        timeout: Seconds before a probe is abandoned.
+
+    Returns:
+        ``{variant name: figures}``; a failed probe gives ``{"error": "..."}``.
+
+    """
+    if mode == "off":
+        return {}
+    if mode == "inprocess":
+        results = {}
+        for name, spec in specs.items():
+            results[name] = {**probe(spec), "mode": "inprocess"}
+        return results
+    if mode != "subprocess":
+        raise ValueError(f"memory mode {mode!r}: use 'subprocess', 'inprocess' or 'off'.")
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = {name: pool.submit(_run_probe_process, spec, timeout) for name, spec in specs.items()}
+        return {name: future.result() for name, future in futures.items()}
+
+
+def _run_probe_process(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-m", "benchmarks.memory", json.dumps(spec)]
+    try:
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout, env=env, cwd=str(REPO_ROOT), check=False
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"probe timed out after {timeout:.0f} s"}
+    for line in done.stdout.splitlines():
+        if line.startswith(MARKER):
+            return {**json.loads(line[len(MARKER) :]), "mode": "subprocess"}
+    tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+    return {"error": f"probe exited with {done.returncode}: {' | '.join(tail)}"}
+
+
+def _proc_status() -> dict[str, int]:
+    path = Path("/proc/self/status")
+    if not path.exists():
+        return {}
+    values = {}
+    for line in path.read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = int(rest.split()[0])  # kB
+    return values
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Probe entry point: ``python -m benchmarks.memory '<json spec>'`` prints one result line."""
+    args = sys.argv[1:] if argv is None else argv
+    spec = json.loads(args[0])
+    if spec.get("threads"):
+        torch.set_num_threads(int(spec["threads"]))
+    print(MARKER + json.dumps(probe(spec)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,333 @@
+"""One benchmark run: memory probes, GEMM peak, interleaved timing, FLOPs, sizes, goals.
+
+Order matters: memory probes (separate processes) run first and alone, then everything that
+is timed runs in this process, one measurement at a time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import gc
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from benchmarks import flops as flop_tools
+from benchmarks import sizes
+from benchmarks.goals import Goal
+from benchmarks.machine import describe_machine, load_average
+from benchmarks.measure import Runner, interleaved, make_batch, paired_ratios
+from benchmarks.memory import measure_peaks
+from benchmarks.settings import PEFT_REFERENCE, TRAIN_VARIANTS, BenchSettings
+from benchmarks.stats import summarize
+from benchmarks.variants import build_variant, count_parameters, describe_int8, int8_fast_path, variant_name
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+PEFTKIT_LORA = variant_name("fp32", "lora")
+PEFT_LORA = variant_name(*PEFT_REFERENCE)
+FULL = variant_name("fp32", "full")
+
+
+def run_benchmark(
+    settings: BenchSettings,
+    model_path: str,
+    model_label: str,
+    device: str,
+    progress: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Measure everything and return the JSON-ready result (see ``benchmarks/README`` in latest.md)."""
+    started = time.perf_counter()
+    train_specs = [*TRAIN_VARIANTS, PEFT_REFERENCE]
+    result: dict[str, Any] = {
+        "schema": SCHEMA_VERSION,
+        "date": dt.date.today().isoformat(),
+        "preset": settings.preset,
+        "settings": settings.to_dict(),
+        "machine": describe_machine(device),
+        "model": {"label": model_label, "base_checkpoint_bytes": sizes.base_checkpoint_bytes(model_path)},
+        "load_average": {"start": load_average()},
+        "variants": {},
+        "shapes": [],
+    }
+
+    progress(f"memory probes ({settings.memory_mode}) ...")
+    probed = [
+        (p, m)
+        for p, m in train_specs
+        if settings.memory_variants is None or variant_name(p, m) in settings.memory_variants
+    ]
+    memory = measure_peaks(
+        {variant_name(p, m): _probe_spec(settings, model_path, p, m, device) for p, m in probed},
+        settings.memory_mode,
+    )
+
+    progress("GEMM peak ...")
+    peaks = [flop_tools.gemm_peak(settings.gemm_size, settings.gemm_repeats, device)]
+
+    progress("loading variants ...")
+    runners = [_runner(model_path, p, m, settings, device) for p, m in train_specs]
+    infer_only = _inference_only_runners(model_path, settings, device)
+    base = runners[0].model
+    result["model"].update(
+        model_type=base.config.model_type,
+        layers=base.config.num_hidden_layers,
+        hidden=base.config.hidden_size,
+        params=count_parameters(base)["total"],
+    )
+
+    for batch_size, seq_len in settings.shapes:
+        result["shapes"].append(
+            _measure_shape(runners, infer_only, settings, batch_size, seq_len, device, progress)
+        )
+
+    peaks.append(flop_tools.gemm_peak(settings.gemm_size, settings.gemm_repeats, device))
+    best = max(peaks, key=lambda p: p["best_flops"])
+    result["gemm_peak"] = {**best, "runs": peaks}
+    _add_mfu(result, best["best_flops"])
+
+    progress("adapter files, parameter counts ...")
+    for runner in runners:
+        precision, method = runner.name.split("-", 1)
+        result["variants"][runner.name] = {
+            "precision": precision,
+            "method": method,
+            **count_parameters(runner.model),
+            "adapter_file": sizes.adapter_file_bytes(runner.model, method),
+            "memory": memory.get(runner.name),
+        }
+    int8_runner = next((r for r in runners if r.name.startswith("int8-")), None)
+    int8_base = infer_only[0].model if infer_only else (int8_runner.model if int8_runner else None)
+    result["int8_linear"] = sizes.int8_linear_bytes(int8_base) if int8_base is not None else None
+    result["int8_paths"] = describe_int8(int8_base) if int8_base is not None else None
+    del runners, infer_only, base, int8_base, int8_runner
+    gc.collect()
+
+    progress("8-bit vs fp32 inference (quantization helper) ...")
+    for shape in result["shapes"]:
+        shape["int8_speed"] = _int8_speed(model_path, shape["batch"], shape["seq_len"], settings)
+
+    result["goals"] = [goal.to_dict() for goal in evaluate_goals(result)]
+    result["load_average"]["end"] = load_average()
+    result["elapsed_s"] = time.perf_counter() - started
+    return result
+
+
+def evaluate_goals(result: dict[str, Any]) -> list[Goal]:
+    """The project's measurable goals, computed from a result dict."""
+    goals = []
+    for shape in result["shapes"]:
+        label = f"{shape['batch']}x{shape['seq_len']}"
+        overhead = shape.get("peft_overhead")
+        goals.append(
+            Goal(
+                f"peftkit LoRA / peft LoRA training step time ({label})",
+                overhead["stat"]["median"] if overhead else None,
+                "<=",
+                1.02,
+                spread=_spread(overhead["stat"]) if overhead else "",
+                note="median of per-round paired ratios (same round, interleaved)",
+            )
+        )
+    for shape in result["shapes"]:
+        speed = shape.get("int8_speed") or {}
+        goals.append(
+            Goal(
+                f"8-bit / fp32 inference speed ({shape['batch']}x{shape['seq_len']})",
+                _speedup(speed),
+                ">=",
+                1.5,
+                note="benchmarks.int8_speed.measure_int8_vs_fp32 (peftkit's fast int8 path)",
+            )
+        )
+    int8 = result.get("int8_linear") or {}
+    goals.append(
+        Goal(
+            "8-bit / fp32 linear weight bytes",
+            int8.get("ratio"),
+            "<=",
+            0.27,
+            note="int8 weights + fp32 row scales + biases of the quantised linears",
+        )
+    )
+    base_bytes = result["model"]["base_checkpoint_bytes"]
+    lora = result["variants"].get(PEFTKIT_LORA, {}).get("adapter_file", {})
+    goals.append(
+        Goal(
+            "LoRA adapter file / base checkpoint size",
+            lora["weights_bytes"] / base_bytes if lora and base_bytes else None,
+            "<",
+            0.01,
+            note="adapter_model.safetensors (LoRA r=8 q,v + head) / model.safetensors",
+        )
+    )
+    lora_mem = (result["variants"].get(PEFTKIT_LORA, {}).get("memory") or {}).get("peak_rss_mb")
+    full_mem = (result["variants"].get(FULL, {}).get("memory") or {}).get("peak_rss_mb")
+    goals.append(
+        Goal(
+            "LoRA / full fine-tuning peak RSS (fp32)",
+            lora_mem / full_mem if lora_mem and full_mem else None,
+            "<",
+            1.0,
+            note="clean per-process peaks (subprocess probes)",
+        )
+    )
+    return goals
+
+
+def _measure_shape(
+    runners: list[Runner],
+    infer_only: list[Runner],
+    settings: BenchSettings,
+    batch_size: int,
+    seq_len: int,
+    device: str,
+    progress: Callable[[str], None],
+) -> dict[str, Any]:
+    vocab = runners[0].model.config.vocab_size
+    batch = make_batch(batch_size, seq_len, vocab, settings.num_labels, settings.seed, device)
+    one = make_batch(1, seq_len, vocab, settings.num_labels, settings.seed, device)
+    label = f"{batch_size}x{seq_len}"
+    shape: dict[str, Any] = {
+        "batch": batch_size,
+        "seq_len": seq_len,
+        "tokens": batch.tokens,
+        "train": {},
+        "infer": {},
+    }
+
+    counted = {}
+    for runner in runners:
+        if runner.name.startswith("fp32-"):
+            counted[runner.name.split("-", 1)[1]] = flop_tools.count_train_flops(runner, one, batch_size)
+
+    progress(f"[{label}] training, {len(runners)} variants x {settings.repeats} rounds ...")
+    train = interleaved(
+        runners,
+        batch,
+        "train",
+        settings.repeats,
+        settings.steps_per_repeat,
+        settings.warmup,
+        lambda msg: progress(f"[{label}] {msg}"),
+    )
+    for runner in runners:
+        method = runner.name.split("-", 1)[1]
+        flops_method = "lora" if method == "peft-lora" else method
+        shape["train"][runner.name] = {
+            "seconds": train[runner.name],
+            "tokens_per_s": summarize([batch.tokens / s for s in train[runner.name]]).to_dict(),
+            "flops_per_step": counted.get(flops_method),
+            "flops_source": "counted"
+            if runner.name.startswith("fp32-")
+            else f"nominal (fp32-{flops_method})",
+            "analytic_flops": flop_tools.analytic_train_flops(runner.model, batch_size, seq_len),
+        }
+    ratios = paired_ratios(train[PEFTKIT_LORA], train[PEFT_LORA])
+    shape["peft_overhead"] = {"ratios": ratios, "stat": summarize(ratios).to_dict()}
+
+    progress(
+        f"[{label}] inference, {len(runners) + len(infer_only)} variants x {settings.repeats} rounds ..."
+    )
+    infer = interleaved(
+        [*runners, *infer_only],
+        batch,
+        "infer",
+        settings.repeats,
+        settings.steps_per_repeat,
+        settings.warmup,
+        lambda msg: progress(f"[{label}] {msg}"),
+    )
+    for name, seconds in infer.items():
+        shape["infer"][name] = {
+            "seconds": seconds,
+            "tokens_per_s": summarize([batch.tokens / s for s in seconds]).to_dict(),
+        }
+    for runner in runners:  # back to training mode for the next shape
+        runner.model.train()
+    return shape
+
+
+def _add_mfu(result: dict[str, Any], peak_flops: float) -> None:
+    for shape in result["shapes"]:
+        for entry in shape["train"].values():
+            if entry["flops_per_step"]:
+                values = [flop_tools.mfu(entry["flops_per_step"], s, peak_flops) for s in entry["seconds"]]
+                entry["mfu"] = summarize(values).to_dict()
+            else:
+                entry["mfu"] = None
+
+
+def _runner(model_path: str, precision: str, method: str, settings: BenchSettings, device: str) -> Runner:
+    model = build_variant(model_path, precision, method, settings.num_labels, settings.seed, device)
+    return Runner(variant_name(precision, method), model, device)
+
+
+def _inference_only_runners(model_path: str, settings: BenchSettings, device: str) -> list[Runner]:
+    """An untouched 8-bit base on bitsandbytes' own eval path and, if available, on peftkit's fast path."""
+    plain = build_variant(model_path, "int8", "base", settings.num_labels, settings.seed, device)
+    runners = [Runner("int8-base (bnb)", plain, device, trainable=False)]
+    enable_fast = int8_fast_path()
+    if enable_fast is not None:
+        fast = build_variant(model_path, "int8", "base", settings.num_labels, settings.seed, device)
+        fast = enable_fast(fast) or fast
+        runners.append(Runner("int8-base (fast)", fast, device, trainable=False))
+    return runners
+
+
+def _probe_spec(
+    settings: BenchSettings, model_path: str, precision: str, method: str, device: str
+) -> dict[str, Any]:
+    batch, seq_len = settings.memory_shape
+    return {
+        "model_path": model_path,
+        "precision": precision,
+        "method": method,
+        "batch": batch,
+        "seq_len": seq_len,
+        "steps": settings.memory_steps,
+        "num_labels": settings.num_labels,
+        "seed": settings.seed,
+        "device": device,
+    }
+
+
+def _int8_speed(model_path: str, batch: int, seq_len: int, settings: BenchSettings) -> dict[str, Any] | None:
+    try:
+        from benchmarks.int8_speed import measure_int8_vs_fp32
+    except ImportError as exc:
+        return {"error": f"benchmarks.int8_speed not available: {exc}"}
+    try:
+        measured = measure_int8_vs_fp32(model_path, batch, seq_len, settings.int8_speed_repeats)
+    except Exception as exc:  # another helper's code: record the failure, keep the other numbers
+        logger.exception("measure_int8_vs_fp32 failed")
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    return _jsonable(measured)
+
+
+def _speedup(speed: dict[str, Any]) -> float | None:
+    for key in ("speedup", "fast_speedup", "int8_speedup", "ratio"):
+        value = speed.get(key)
+        if isinstance(value, (int, float)):
+            return float(value)
+    return None
+
+
+def _spread(stat: dict[str, Any]) -> str:
+    return f"[{stat['q1']:.3f}-{stat['q3']:.3f}]" if stat["n"] > 1 else ""
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)

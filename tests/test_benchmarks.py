@@ -1,0 +1,66 @@
+"""Smoke test of the benchmark suite: ``--quick --dry`` on a tiny random BERT (no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks.goals import Goal
+from benchmarks.run import main
+from benchmarks.stats import summarize
+
+
+def test_dry_run_writes_json_markdown_and_plots(tmp_path, capsys):
+    assert main(["--quick", "--dry", "--out", str(tmp_path)]) == 0
+
+    [json_file] = tmp_path.glob("*-dry.json")
+    result = json.loads(json_file.read_text())
+    assert result["preset"] == "dry"
+    assert {"cpu_model", "cores", "versions", "slug"} <= set(result["machine"])
+    shape = result["shapes"][0]
+    expected = {
+        "fp32-full",
+        "fp32-lora",
+        "fp32-adalora",
+        "fp32-adapter",
+        "int8-lora",
+        "int8-adalora",
+        "int8-adapter",
+        "fp32-peft-lora",
+    }
+    assert set(shape["train"]) == expected
+    assert expected < set(shape["infer"])
+    for entry in shape["train"].values():
+        assert entry["tokens_per_s"]["median"] > 0
+        assert len(entry["seconds"]) == result["settings"]["repeats"]
+    assert shape["train"]["fp32-lora"]["flops_per_step"] < shape["train"]["fp32-full"]["flops_per_step"]
+    assert result["variants"]["fp32-lora"]["trainable"] < result["variants"]["fp32-full"]["trainable"]
+    assert result["variants"]["fp32-lora"]["adapter_file"]["weights_bytes"] > 0
+    assert result["variants"]["fp32-lora"]["memory"]["peak_rss_mb"] > 0
+    assert 0 < result["int8_linear"]["ratio"] < 1
+    assert {g["verdict"] for g in result["goals"]} <= {"PASS", "FAIL", "N/A"}
+
+    markdown = (tmp_path / "latest.md").read_text()
+    assert "## Goals" in markdown and result["machine"]["cpu_model"] in markdown
+    pngs = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert len(pngs) == 3 and all(p.startswith(json_file.stem) for p in pngs)
+    assert "Goals:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("value", "op", "target", "verdict"),
+    [
+        (1.01, "<=", 1.02, "PASS"),
+        (1.03, "<=", 1.02, "FAIL"),
+        (1.6, ">=", 1.5, "PASS"),
+        (None, "<", 1.0, "N/A"),
+    ],
+)
+def test_goal_verdicts(value, op, target, verdict):
+    assert Goal("g", value, op, target).verdict == verdict
+
+
+def test_summarize_quartiles():
+    stat = summarize([4.0, 1.0, 3.0, 2.0, 5.0])
+    assert (stat.median, stat.q1, stat.q3, stat.min, stat.max, stat.n) == (3.0, 2.0, 4.0, 1.0, 5.0, 5)
