@@ -6,6 +6,9 @@ Public API::
     model = peftkit.wrap(model, "lora")          # or "adalora", "adapter", a plugin
     peftkit.methods()                            # ['adalora', 'adapter', 'lora', ...]
     print(peftkit.summary(model))
+    peftkit.save_adapter(model, "runs/ner")      # safetensors + JSON, a few MB, never the base
+    model = peftkit.load_adapter(base, "runs/ner")  # refuses a different base model
+    peftkit.merge_adapter(base_dir, "runs/ner", "merged/")  # plain transformers model
     peftkit.on_optimizer_step(model, step)       # AdaLoRA budget; the training helpers call it
 """
 
@@ -27,6 +30,8 @@ from peftkit.errors import (
     UnknownMethodError,
     UnsupportedArchitectureError,
 )
+from peftkit.io import base_fingerprint, fingerprints_match, load_adapter, read_adapter_dir, save_adapter
+from peftkit.merge import combine_adapters, merge_adapter
 from peftkit.registry import MethodSpec, get_method, method_specs, methods, register_method
 from peftkit.state import adapter_state_dict
 from peftkit.summary import Summary, summary
@@ -60,6 +65,13 @@ __all__ = [
     "MethodSpec",
     "summary",
     "Summary",
+    "save_adapter",
+    "load_adapter",
+    "read_adapter_dir",
+    "base_fingerprint",
+    "fingerprints_match",
+    "merge_adapter",
+    "combine_adapters",
     "adapter_state_dict",
     "PeftkitError",
     "UnknownMethodError",
