@@ -72,8 +72,12 @@ def test_saved_tensors_are_only_adapter_and_head_weights(family: str, method: st
 @pytest.mark.parametrize("method", ["lora", "adalora"])
 def test_peft_loads_our_directory(family: str, method: str, saved) -> None:
     expected, directory = saved(family, method)
+    config = json.loads((directory / "adapter_config.json").read_text())
+    assert config["peft_type"] == method.upper() and config["fan_in_fan_out"] == (family == "gpt2")
+    assert config["modules_to_save"] == (HEADS[family] or None) and config["inference_mode"] is True
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # peft's own notes about rank_pattern keys / Conv1D
+        warnings.simplefilter("ignore", RuntimeWarning)  # peft's own note that it ignores rank_pattern keys
+        warnings.filterwarnings("error", message=".*fan_in_fan_out")
         peft_model = PeftModel.from_pretrained(make_model(family), str(directory)).eval()
     torch.testing.assert_close(logits(peft_model, family), expected)
 

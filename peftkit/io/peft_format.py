@@ -15,6 +15,7 @@ import enum
 from typing import Any
 
 import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from peftkit.registry import MethodSpec
@@ -72,7 +73,21 @@ def build_peft_config(model: nn.Module, record: AdapterRecord, spec: MethodSpec)
         return _jsonable({"peft_type": spec.peft_type, **options, **common})
     for key, value in common.items():
         setattr(config, key, value)
+    config.fan_in_fan_out = targets_conv1d(model, targets)
     return _jsonable(config.to_dict())
+
+
+def targets_conv1d(model: nn.Module, targets: list[str]) -> bool:
+    """Whether the adapted modules wrap GPT-2 style ``Conv1D`` layers (peft's ``fan_in_fan_out``).
+
+    Looks through peft's wrapping (``get_base_layer``), which the module names point at after injection.
+    """
+    for name in targets:
+        module = model.get_submodule(name)
+        base = module.get_base_layer() if isinstance(module, BaseTunerLayer) else module
+        if type(base).__name__ == "Conv1D":
+            return True
+    return False
 
 
 def options_from_peft_config(peft_config: dict[str, Any], method: str, heads: list[str]) -> dict[str, Any]:

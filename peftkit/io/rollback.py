@@ -62,4 +62,3 @@ class ModelSnapshot:
         self.model.__dict__[_STATE_ATTR] = state
         state.adapters = adapters
         state.active, state.enabled = active, enabled
-
