@@ -240,7 +240,14 @@ def _cmd_combine(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
             f"--weights has {len(args.weights)} values for {len(args.adapters)} adapters: give one each"
         )
     out = combine_adapters(
-        args.adapters, args.weights, args.how, args.out, rank=args.rank, density=args.density, seed=args.seed
+        args.adapters,
+        args.weights,
+        args.how,
+        args.out,
+        rank=args.rank,
+        density=args.density,
+        seed=args.seed,
+        progress=True,
     )
     print(f"Combined {len(args.adapters)} adapters ({args.how}) -> {out}")
     return 0

@@ -23,6 +23,7 @@ OPTIONS = {"lora": {}, "adalora": {"total_step": 20}, "adapter": {}}
 AUTO = {
     "bert": transformers.AutoModelForTokenClassification,
     "gpt2": transformers.AutoModelForSequenceClassification,
+    "llama": transformers.AutoModelForCausalLM,
 }
 
 
@@ -89,8 +90,10 @@ def art(tmp_path_factory: pytest.TempPathFactory) -> Artefacts:
 # --------------------------------------------------------------------------- merge
 
 
-@pytest.mark.parametrize("family", ["bert", "gpt2"])
-@pytest.mark.parametrize("method", ["lora", "adalora"])
+@pytest.mark.parametrize(
+    ("family", "method"),
+    [("bert", "lora"), ("bert", "adalora"), ("gpt2", "lora"), ("gpt2", "adalora"), ("llama", "lora")],
+)
 def test_merged_model_loads_with_plain_transformers_and_matches_the_adapter(art, tmp_path, family, method):
     adapter, expected = art.adapter(family, method)
     out = tmp_path / "merged"
@@ -102,6 +105,23 @@ def test_merged_model_loads_with_plain_transformers_and_matches_the_adapter(art,
     assert_close(logits(plain, family), expected, rtol=1e-5, atol=1e-5)
     assert (out / "model.safetensors").is_file()
     assert json.loads((out / "peftkit_merge.json").read_text())["method"] == method
+
+
+def test_merge_adapter_written_by_peft_itself(art, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(
+        make_model("gpt2"),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], modules_to_save=["score"]),
+    )
+    perturb(model, 5)
+    expected = logits(model, "gpt2")
+    model.save_pretrained(tmp_path / "peft-adapter")
+    merged = merge_adapter(
+        art.base("gpt2"), tmp_path / "peft-adapter", tmp_path / "merged"
+    )  # no peftkit.json
+    assert type(merged).__name__ == "GPT2ForSequenceClassification"
+    assert_close(logits(merged, "gpt2"), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_merge_model_object_in_bfloat16_keeps_labels_and_tokenizer_files(art, tmp_path):

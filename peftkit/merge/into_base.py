@@ -32,7 +32,7 @@ from peftkit.errors import (
 from peftkit.io import AdapterFiles, describe_fingerprint, load_adapter, read_adapter_dir
 from peftkit.merge.fold import NOT_MERGEABLE_HINT, check_not_quantized, fold_adapter
 from peftkit.registry import get_method
-from peftkit.state import get_state, unwrap_model
+from peftkit.state import PEFT_KEY_PREFIX, get_state, unwrap_model
 
 logger = logging.getLogger(__name__)
 
@@ -175,11 +175,12 @@ def load_base_for(
             "merging into 8-bit weights would round the update away. Merge into the original fp32/bf16 base "
             "and quantise the merged model at load time (peftkit.load_base(merged, load_in_8bit=True))."
         )
-    model_cls = _model_class(files, task, base_config.get("model_type"), strict)
+    model_cls = _model_class(files, task, base_config, strict)
     kwargs: dict[str, Any] = {"dtype": torch.float32}
     heads = files.meta.get("heads") or {}
-    if files.heads and heads.get("num_labels"):
-        kwargs.update(num_labels=int(heads["num_labels"]), ignore_mismatched_sizes=True)
+    num_labels = heads.get("num_labels") or _head_rows(files)
+    if files.heads and num_labels:
+        kwargs.update(num_labels=int(num_labels), ignore_mismatched_sizes=True)
         if heads.get("id2label"):
             kwargs["id2label"] = {int(k): v for k, v in heads["id2label"].items()}
             kwargs["label2id"] = {v: int(k) for k, v in heads["id2label"].items()}
@@ -208,9 +209,10 @@ def save_merged(model: nn.Module, out: Path, base_dir: Path | None, report: dict
     return out
 
 
-def _model_class(files: AdapterFiles, task: str | None, base_type: str | None, strict: bool) -> type:
+def _model_class(files: AdapterFiles, task: str | None, base_config: dict[str, Any], strict: bool) -> type:
     fingerprint = files.fingerprint or {}
     architecture = fingerprint.get("architecture")
+    base_type = base_config.get("model_type")
     if strict and base_type and fingerprint.get("model_type") and base_type != fingerprint["model_type"]:
         raise BaseModelMismatchError(
             f"The adapter in {str(files.path)!r} was trained on a {fingerprint['model_type']!r} model "
@@ -221,13 +223,26 @@ def _model_class(files: AdapterFiles, task: str | None, base_type: str | None, s
         model_cls = getattr(transformers, architecture, None)
         if model_cls is not None:
             return model_cls
-    task = task or _task_of(architecture)
+    base_architecture = (base_config.get("architectures") or [None])[0]
+    task = (
+        task
+        or _task_of(architecture)
+        or _PEFT_TASKS.get(str(files.peft_config.get("task_type")))  # adapters written by peft itself
+        or _task_of(base_architecture)
+    )
     if task not in TASKS:
         raise InvalidOptionError(
             f"Cannot tell which model class to load the base with (adapter architecture {architecture!r}, "
-            f"task={task!r}); pass task= one of {', '.join(TASKS)} (--task)."
+            f"base architecture {base_architecture!r}, task={task!r}); pass task= one of {', '.join(TASKS)} (--task)."
         )
     return getattr(transformers, TASKS[task])
+
+
+_PEFT_TASKS = {
+    "TOKEN_CLS": "token-classification",
+    "SEQ_CLS": "sequence-classification",
+    "CAUSAL_LM": "causal-lm",
+}
 
 
 def _task_of(architecture: str | None) -> str | None:
@@ -238,6 +253,17 @@ def _task_of(architecture: str | None) -> str | None:
         "LMHeadModel": "causal-lm",
     }
     return next((t for s, t in suffixes.items() if architecture and architecture.endswith(s)), None)
+
+
+def _head_rows(files: AdapterFiles) -> int | None:
+    """Rows of the heads' last 2-D weight (e.g. ``classifier.out_proj.weight``): the number of labels."""
+    heads = tuple(f"{PEFT_KEY_PREFIX}{h}." for h in files.heads)
+    rows = [
+        t.shape[0]
+        for k, t in sorted(files.tensors.items())
+        if k.startswith(heads) and k.endswith(".weight") and t.dim() == 2
+    ]
+    return int(rows[-1]) if rows else None
 
 
 def _dtype(dtype: str | torch.dtype) -> torch.dtype:
