@@ -1,0 +1,236 @@
+"""Fast 8-bit inference on CPU for bitsandbytes ``Linear8bitLt`` layers.
+
+bitsandbytes 0.50's CPU inference path for ``Linear8bitLt`` converts activations to fp16, quantises
+them, and multiplies in fp32 (several times slower than the fp32 model). :func:`enable_fast_int8`
+switches each layer's class, in place, to a subclass whose ``forward`` runs an int8 GEMM instead
+(:mod:`peftkit.quantization.int8_kernels`) whenever no gradient is needed, and calls bitsandbytes'
+own ``forward`` otherwise::
+
+    forward(x) --CPU, no autograd graph, oneDNN usable?--yes--> per-token int8 x int8 GEMM (fast)
+                                                       \\--no---> bitsandbytes Linear8bitLt.forward
+
+The layer stays a ``bnb.nn.Linear8bitLt`` (peft's LoRA/AdaLoRA dispatch and its ``lora.bnb``
+wrappers keep working, and state dicts are unchanged); its int8 weight and scales are reused. The
+only extra memory is one packed int8 copy per layer, built at the first fast call.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from peftkit.errors import QuantizationError
+from peftkit.quantization import int8_kernels as kernels
+
+logger = logging.getLogger(__name__)
+
+FAST = "fast_int8"
+BNB = "bnb"
+_PATH_ATTR = "_peftkit_int8_path"
+_PACKED_ATTR = "_peftkit_int8_packed"
+_logged: set[tuple[str, str]] = set()
+
+
+def import_bitsandbytes() -> Any:
+    """Import bitsandbytes or raise a :class:`QuantizationError` saying how to install it."""
+    try:
+        import bitsandbytes
+    except Exception as exc:  # ImportError, or a broken install failing at import time
+        raise QuantizationError(
+            f"8-bit loading needs bitsandbytes, which cannot be imported ({type(exc).__name__}: {exc}). "
+            "Install it with `pip install bitsandbytes` (peftkit is tested with 0.50.x), or load without "
+            "load_in_8bit."
+        ) from exc
+    return bitsandbytes
+
+
+@functools.cache
+def fast_linear_class() -> type:
+    """The ``bnb.nn.Linear8bitLt`` subclass with the fast CPU inference path (created on first use)."""
+    bnb = import_bitsandbytes()
+
+    class FastInt8Linear(bnb.nn.Linear8bitLt):
+        """``bnb.nn.Linear8bitLt`` whose inference forward on CPU runs an int8 GEMM.
+
+        Not constructed directly: :func:`enable_fast_int8` switches the class of existing layers.
+        """
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            reason = fast_path_blocker(self, x)
+            if reason is None:
+                _note_path(self, FAST, "CPU inference")
+                return _fast_forward(self, x)
+            _note_path(self, BNB, reason)
+            return super().forward(x)
+
+    FastInt8Linear.__module__ = __name__
+    return FastInt8Linear
+
+
+def fast_path_blocker(layer: nn.Module, x: torch.Tensor) -> str | None:
+    """Why ``layer`` cannot take the fast path for input ``x`` (``None`` when it can).
+
+    Args:
+        layer: A fast-path-enabled ``Linear8bitLt``.
+        x: The input about to be multiplied.
+
+    Returns:
+        A short reason (``"training"``, ``"autograd"``, ``"device cuda"``, ...) or ``None``.
+    """
+    if x.device.type != "cpu":
+        return f"device {x.device.type}"
+    if torch.is_grad_enabled():
+        if layer.training:
+            return "training"
+        bias = layer.bias
+        if x.requires_grad or (bias is not None and bias.requires_grad):
+            return "autograd"
+    if not x.is_floating_point():
+        return f"input dtype {x.dtype}"
+    if x.numel() == 0:
+        return "empty input"
+    weight = layer.weight
+    codes = layer.state.CB if layer.state.CB is not None else getattr(weight, "CB", None)
+    if codes is None or weight.dtype != torch.int8:
+        return "weight not quantised"
+    if codes.device.type != "cpu":
+        return f"weight on {codes.device.type}"
+    if kernels.activation_zero_point() is None:
+        return "oneDNN int8 kernels unavailable"
+    return None
+
+
+def _note_path(layer: nn.Module, path: str, reason: str) -> None:
+    if layer.__dict__.get(_PATH_ATTR) != path:
+        layer.__dict__[_PATH_ATTR] = path
+    if (path, reason) not in _logged:
+        _logged.add((path, reason))
+        if path == FAST:
+            zero_point = kernels.activation_zero_point()
+            bits = 8 if zero_point == 128 else 7
+            logger.info(
+                "8-bit layers run the fast int8 CPU path (oneDNN, %d-bit per-token activations)", bits
+            )
+        else:
+            logger.info("8-bit layers fall back to the bitsandbytes path (%s)", reason)
+
+
+def _packed_weight(layer: nn.Module, cb: torch.Tensor, scb: torch.Tensor) -> kernels.PackedWeight:
+    packed = layer.__dict__.get(_PACKED_ATTR)
+    if packed is None or packed.key != kernels.weight_key(cb, scb):
+        with torch.no_grad():
+            packed = kernels.pack_weight(cb, scb)
+        layer.__dict__[_PACKED_ATTR] = packed
+    return packed
+
+
+def _fast_forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    if layer.weight.CB is not None:  # bitsandbytes moves CB/SCB to the layer state at first use
+        layer.init_8bit_state()
+    cb, scb = layer.state.CB, layer.state.SCB
+    packed = _packed_weight(layer, cb, scb)
+    x2 = x.reshape(-1, x.shape[-1])
+    if x2.dtype != torch.float32:
+        x2 = x2.float()
+    zero_point = kernels.activation_zero_point()
+    q = kernels.quantize_shared(x, x2, zero_point, float(layer.state.threshold or 0.0))
+    out = kernels.int8_linear(q, packed, cb, scb, layer.bias)
+    out = out.view(*x.shape[:-1], out.shape[-1])
+    return out if out.dtype == x.dtype else out.to(x.dtype)
+
+
+def _int8_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    bnb = import_bitsandbytes()
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, bnb.nn.Linear8bitLt)]
+
+
+def enable_fast_int8(model: nn.Module, enabled: bool = True) -> nn.Module:
+    """Switch the fast int8 CPU inference path on (or off) for every 8-bit layer of ``model``.
+
+    The switch is in place (each layer's class changes; weights, hooks and peft wrappers stay) and
+    can be undone with ``enabled=False``, which also frees the packed weight copies. Layers take
+    the fast path only when it applies (CPU tensors, no autograd graph needed) and fall back to
+    bitsandbytes otherwise, so training is unaffected.
+
+    Args:
+        model: A model holding ``bnb.nn.Linear8bitLt`` layers (e.g. from
+            ``load_base(..., load_in_8bit=True)``), possibly wrapped by peft/peftkit.
+        enabled: ``True`` to enable, ``False`` to restore plain bitsandbytes layers.
+
+    Returns:
+        ``model`` itself (switched in place), for chaining. :func:`describe_int8_paths` counts the
+        layers per path.
+
+    Raises:
+        QuantizationError: If ``enabled`` and the model has no 8-bit layers, or bitsandbytes is missing.
+
+    Example:
+        >>> model = load_base(path, load_in_8bit=True, fast_int8=False)  # doctest: +SKIP
+        >>> describe_int8_paths(enable_fast_int8(model))  # doctest: +SKIP
+        {'fast_int8': 0, 'bnb_fallback': 0, 'idle': 36, 'bnb': 0}
+    """
+    bnb = import_bitsandbytes()
+    fast_cls = fast_linear_class()
+    layers = _int8_layers(model)
+    if enabled and not layers:
+        raise QuantizationError(
+            f"{type(model).__name__} has no bitsandbytes 8-bit linear layers, so there is nothing to speed up. "
+            "Load the base with peftkit.quantization.load_base(path, load_in_8bit=True) first."
+        )
+    count = 0
+    for name, layer in layers:
+        if enabled and type(layer) is bnb.nn.Linear8bitLt:
+            layer.__class__ = fast_cls
+        elif not enabled and type(layer) is fast_cls:
+            layer.__class__ = bnb.nn.Linear8bitLt
+            layer.__dict__.pop(_PACKED_ATTR, None)
+            layer.__dict__.pop(_PATH_ATTR, None)
+        elif enabled and type(layer) is not fast_cls:
+            logger.warning(
+                "%s is a %s, not a plain bnb.nn.Linear8bitLt: left on its own forward",
+                name,
+                type(layer).__name__,
+            )
+        count += type(layer) is fast_cls
+    kernels.clear_shared()
+    if enabled and kernels.activation_zero_point() is None:
+        logger.warning(
+            "oneDNN int8 kernels are unavailable here: the 8-bit layers will use bitsandbytes' path"
+        )
+    logger.info(
+        "fast int8 path %s on %d of %d 8-bit layers", "enabled" if enabled else "disabled", count, len(layers)
+    )
+    return model
+
+
+def describe_int8_paths(model: nn.Module) -> dict[str, int]:
+    """Count ``model``'s 8-bit layers by the path they take.
+
+    Returns:
+        ``{"fast_int8": n, "bnb_fallback": n, "idle": n, "bnb": n}``: fast-path layers whose last
+        forward ran the int8 GEMM; fast-path layers whose last forward fell back to bitsandbytes
+        (training, autograd, CUDA, ...); fast-path layers not run since enabling; plain bitsandbytes
+        layers. The values add up to the number of 8-bit layers (all zero without bitsandbytes).
+    """
+    counts = {FAST: 0, "bnb_fallback": 0, "idle": 0, BNB: 0}
+    try:
+        layers = _int8_layers(model)
+    except QuantizationError:
+        return counts
+    fast_cls = fast_linear_class()
+    for _, layer in layers:
+        if type(layer) is not fast_cls:
+            counts[BNB] += 1
+            continue
+        path = layer.__dict__.get(_PATH_ATTR)
+        counts[{FAST: FAST, BNB: "bnb_fallback", None: "idle"}[path]] += 1
+    return counts
+
+
+def packed_bytes(model: nn.Module) -> int:
+    """Bytes held by the fast path's packed int8 weight copies (0 before the first fast forward)."""
+    return sum(packed.nbytes for m in model.modules() if (packed := m.__dict__.get(_PACKED_ATTR)) is not None)
