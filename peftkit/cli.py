@@ -131,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="for adapters that cannot be merged (bottleneck): save the base with only the trained head folded in",
     )
+    merge.add_argument(
+        "--no-check",
+        action="store_true",
+        help="skip comparing adapter-model and merged-model logits on a probe batch",
+    )
     merge.set_defaults(handler=_cmd_merge)
 
     combine = add(
@@ -211,6 +216,7 @@ def _cmd_merge(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         strict=not args.force,
         task=args.task,
         head_only=args.head_only,
+        check=not args.no_check,
         progress=True,
     )
     report = getattr(model, "peftkit_merge_report", {})

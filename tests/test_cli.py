@@ -232,6 +232,9 @@ def test_merge_head_only_and_force(art, tmp_path, capsys):
     assert main(argv) == 1
     assert "trained on" in capsys.readouterr().err
     with pytest.warns(UserWarning):
-        assert main([*argv, "--force", "--dtype", "float16"]) == 0
+        assert (
+            main([*argv, "--force", "--dtype", "float16", "--task", "token-classification", "--no-check"])
+            == 0
+        )
     merged = transformers.AutoModelForTokenClassification.from_pretrained(tmp_path / "forced")
     assert merged.dtype == torch.float16

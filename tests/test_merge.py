@@ -100,6 +100,7 @@ def test_merged_model_loads_with_plain_transformers_and_matches_the_adapter(art,
     merged = merge_adapter(art.base(family), adapter, out)
     assert merged.peftkit_merge_report["max_abs_logit_diff_fp32"] < 1e-5
     assert not any("lora" in name or "modules_to_save" in name for name, _ in merged.named_parameters())
+    assert not merged._forward_hooks and all(p.requires_grad for p in merged.parameters())
     plain = AUTO[family].from_pretrained(out)
     assert type(plain) is type(make_model(family))
     assert_close(logits(plain, family), expected, rtol=1e-5, atol=1e-5)
