@@ -1,4 +1,4 @@
-"""Fast 8-bit inference on CPU for bitsandbytes ``Linear8bitLt`` layers.
+r"""Fast 8-bit inference on CPU for bitsandbytes ``Linear8bitLt`` layers.
 
 bitsandbytes 0.50's CPU inference path for ``Linear8bitLt`` converts activations to fp16, quantises
 them, and multiplies in fp32 (several times slower than the fp32 model). :func:`enable_fast_int8`
@@ -7,7 +7,7 @@ switches each layer's class, in place, to a subclass whose ``forward`` runs an i
 own ``forward`` otherwise::
 
     forward(x) --CPU, no autograd graph, oneDNN usable?--yes--> per-token int8 x int8 GEMM (fast)
-                                                       \\--no---> bitsandbytes Linear8bitLt.forward
+                                                       \--no---> bitsandbytes Linear8bitLt.forward
 
 The layer stays a ``bnb.nn.Linear8bitLt`` (peft's LoRA/AdaLoRA dispatch and its ``lora.bnb``
 wrappers keep working, and state dicts are unchanged); its int8 weight and scales are reused. The
@@ -80,6 +80,7 @@ def fast_path_blocker(layer: nn.Module, x: torch.Tensor) -> str | None:
 
     Returns:
         A short reason (``"training"``, ``"autograd"``, ``"device cuda"``, ...) or ``None``.
+
     """
     if x.device.type != "cpu":
         return f"device {x.device.type}"
@@ -172,6 +173,7 @@ def enable_fast_int8(model: nn.Module, enabled: bool = True) -> nn.Module:
         >>> model = load_base(path, load_in_8bit=True, fast_int8=False)  # doctest: +SKIP
         >>> describe_int8_paths(enable_fast_int8(model))  # doctest: +SKIP
         {'fast_int8': 0, 'bnb_fallback': 0, 'idle': 36, 'bnb': 0}
+
     """
     bnb = import_bitsandbytes()
     fast_cls = fast_linear_class()
@@ -215,6 +217,7 @@ def describe_int8_paths(model: nn.Module) -> dict[str, int]:
         forward ran the int8 GEMM; fast-path layers whose last forward fell back to bitsandbytes
         (training, autograd, CUDA, ...); fast-path layers not run since enabling; plain bitsandbytes
         layers. The values add up to the number of 8-bit layers (all zero without bitsandbytes).
+
     """
     counts = {FAST: 0, "bnb_fallback": 0, "idle": 0, BNB: 0}
     try:

@@ -44,6 +44,7 @@ class PackedWeight:
         zero_points: Weight zero points (all zero), int32 ``(N,)``.
         key: Identity of the bitsandbytes tensors it was built from (see :func:`weight_key`).
         nbytes: Bytes held by the packed copy.
+
     """
 
     packed: torch.Tensor
@@ -63,6 +64,7 @@ class QuantizedInput:
         zero_point: The zero point of ``codes``.
         outlier_cols: Indices of the columns computed in fp32 (``None`` when there are none).
         outliers: ``(M, len(outlier_cols))`` float32 values of those columns.
+
     """
 
     codes: torch.Tensor
@@ -73,7 +75,7 @@ class QuantizedInput:
 
 
 def _qlinear(codes: torch.Tensor, zero_point: int, weight: PackedWeight) -> torch.Tensor:
-    """oneDNN int8 GEMM: ``(codes - zero_point) @ W_codes.T * col_scale`` as float32."""
+    """OneDNN int8 GEMM: ``(codes - zero_point) @ W_codes.T * col_scale`` as float32."""
     return torch.ops.onednn.qlinear_pointwise(
         codes,
         1.0,

@@ -47,6 +47,7 @@ def auto_class(task: str) -> type:
 
     Raises:
         QuantizationError: If ``task`` is not one of :data:`TASKS` (lists them).
+
     """
     if task not in TASKS:
         raise QuantizationError(
@@ -180,6 +181,7 @@ def load_base(
         >>> model = load_base(path, task="token-classification", num_labels=9, load_in_8bit=True)  # doctest: +SKIP
         >>> model.classifier.weight.dtype, model.bert.encoder.layer[0].output.dense.weight.dtype  # doctest: +SKIP
         (torch.float32, torch.int8)
+
     """
     cls = auto_class(task)
     kwargs = dict(from_pretrained_kwargs)

@@ -34,6 +34,7 @@ class LinearWeightBytes:
         fp32_bytes: The same weights in fp32 (``4 * in * out`` each).
         packed_bytes: Extra packed int8 copies held by the fast CPU inference path (built on its
             first use, freed by ``enable_fast_int8(model, False)``).
+
     """
 
     layers: int
@@ -63,6 +64,7 @@ def quantized_linear_bytes(model: nn.Module) -> LinearWeightBytes:
     Example:
         >>> quantized_linear_bytes(load_base(path, load_in_8bit=True)).ratio  # doctest: +SKIP
         0.2526...
+
     """
     layers = _int8_linears(model)
     int8_bytes = scale_bytes = fp32_bytes = 0

@@ -34,6 +34,7 @@ def enable_input_require_grads(model: nn.Module) -> bool:
 
     Returns:
         Whether a hook is installed (``False`` for a model without input embeddings).
+
     """
     getter = getattr(model, "get_input_embeddings", None)
     embeddings = getter() if callable(getter) else None
@@ -66,6 +67,7 @@ def prepare_for_kbit_training(
 
     Returns:
         ``model``, modified in place.
+
     """
     heads = tuple(trainable_heads)
     for name, param in model.named_parameters():
