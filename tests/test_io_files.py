@@ -212,3 +212,23 @@ def test_write_adapter_dir_round_trips_arbitrary_tensors(tmp_path: Path) -> None
         torch.testing.assert_close(files.tensors[key], tensor)
     with pytest.raises(AdapterFileError, match="is a file"):
         write_adapter_dir(directory / WEIGHTS, {}, {}, tensors)
+
+
+def test_invalid_recorded_options(adapter_copy: Path) -> None:
+    _rewrite(adapter_copy, lambda f: f.meta["options"].__setitem__("r", -1))
+    with pytest.raises(AdapterFileError, match=r"options recorded.*not valid for method 'lora'.*r=-1"):
+        load_adapter(make_model("bert"), adapter_copy)
+
+
+def test_adalora_rank_pattern_must_fit_the_weights(tmp_path: Path) -> None:
+    import copy
+
+    original = read_adapter_dir(save_adapter(trained("llama", "adalora"), tmp_path / "a"))
+    key, mask = next(iter(original.rank_pattern.items()))
+    flipped = [not mask[0], *mask[1:]]
+    for bad, message in ((flipped, rf"rank_pattern\['{key}'\] keeps"), ([True], "init_r=6 booleans")):
+        config = copy.deepcopy(original.peft_config)
+        config["rank_pattern"][key] = bad
+        write_adapter_dir(tmp_path / "bad", config, original.meta, original.tensors)
+        with pytest.raises(AdapterFileError, match=message):
+            read_adapter_dir(tmp_path / "bad")

@@ -23,7 +23,13 @@ import transformers
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from peftkit.errors import AdapterFileError, AlreadyWrappedError, BaseModelMismatchError, NotWrappedError
+from peftkit.errors import (
+    AdapterFileError,
+    AlreadyWrappedError,
+    BaseModelMismatchError,
+    InvalidOptionError,
+    NotWrappedError,
+)
 from peftkit.io.files import WEIGHTS_FILE
 from peftkit.io.fingerprint import base_fingerprint, describe_fingerprint, fingerprints_match, mismatch_reason
 from peftkit.io.layout import FORMAT_VERSION, AdapterFiles, read_adapter_dir, write_adapter_dir
@@ -59,7 +65,8 @@ def save_adapter(model: nn.Module, path: str | os.PathLike[str], adapter_name: s
     fingerprint of the base model (see :func:`peftkit.base_fingerprint`). LoRA and AdaLoRA
     directories also load with ``peft.PeftModel.from_pretrained(base, path)``. AdaLoRA weights
     are truncated to the ranks its budget kept, as peft does. The write is atomic: an existing
-    adapter at ``path`` is replaced only once the new one is complete.
+    adapter at ``path`` is replaced only once the new one is complete (in distributed training,
+    call it on the main process only).
 
     Args:
         model: A model carrying a peftkit adapter (:func:`peftkit.wrap` / :func:`load_adapter`).
@@ -149,7 +156,14 @@ def load_adapter(
     _check_not_foreign(inner)
     _check_base(inner, files, strict)
     options = {**files.options, "target_modules": files.targets, "head_modules": files.heads}
-    config = spec.config_cls.from_options(options)
+    try:
+        config = spec.config_cls.from_options(options)
+    except InvalidOptionError as exc:
+        raise AdapterFileError(
+            f"The options recorded in {str(files.path)!r} are not valid for method {spec.name!r} in this version "
+            f"({exc}). The adapter was saved by peftkit {files.meta.get('peftkit_version', '?')} (or by peft); "
+            "load it with that version."
+        ) from None
     snapshot = ModelSnapshot(inner)
     try:
         from peftkit.wrap import inject, set_active

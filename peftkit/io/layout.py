@@ -275,6 +275,8 @@ def _check_tensors(files: AdapterFiles) -> None:
             f"{str(files.path)!r} is inconsistent: {META_FILE} says method {method!r} but {CONFIG_FILE} says "
             f"peft_type={declared!r} (expected {_BUILTIN_PEFT_TYPES[method]!r}). Re-save the adapter."
         )
+    if method == "adalora" and files.rank_pattern:
+        _check_rank_pattern(files)
     pattern = METHOD_KEY_PATTERNS.get(method)
     if pattern is None:
         return  # plugin method: its tensor names are checked against the model after injection
@@ -290,3 +292,27 @@ def _check_tensors(files: AdapterFiles) -> None:
             f"{method!r} weight nor a head weight;{hint} The config and the weights belong to different adapters: "
             "re-save the adapter."
         )
+
+
+def _check_rank_pattern(files: AdapterFiles) -> None:
+    """AdaLoRA: every mask has ``init_r`` booleans and keeps as many ranks as ``lora_E`` has rows."""
+    where = repr(str(files.path / CONFIG_FILE))
+    init_r = files.options.get("init_r")
+    for key, mask in files.rank_pattern.items():
+        module = key.rsplit(".", 1)[0]
+        e_key = f"{PEFT_KEY_PREFIX}{module}.lora_E"
+        valid = isinstance(mask, list) and all(isinstance(v, bool) for v in mask)
+        if not valid or (isinstance(init_r, int) and len(mask) != init_r):
+            raise AdapterFileError(
+                f"{where}: rank_pattern[{key!r}] must be a list of init_r={init_r} booleans, got {mask!r}; "
+                "the file is corrupted. Re-save the adapter."
+            )
+        if e_key not in files.tensors:
+            raise AdapterFileError(
+                f"{where}: rank_pattern names {key!r}, but the weights have no tensor {e_key!r}."
+            )
+        if files.tensors[e_key].shape[0] != sum(mask):
+            raise AdapterFileError(
+                f"{where}: rank_pattern[{key!r}] keeps {sum(mask)} ranks but tensor {e_key!r} has "
+                f"{files.tensors[e_key].shape[0]}; the config and the weights do not belong together."
+            )
