@@ -22,7 +22,9 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
+from peftkit import __version__
 from peftkit.errors import PeftkitError
+from peftkit.merge.into_base import DTYPES, TASKS
 from peftkit.merge.tensors import COMBINATIONS
 
 logger = logging.getLogger(__name__)
@@ -86,10 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Merge, combine and inspect peftkit adapters.",
-        epilog="Run 'peftkit COMMAND --help' for the options and examples of each command.",
+        epilog=(
+            "Run 'peftkit COMMAND --help' for the options and examples of each command.\n"
+            "Exit status: 0 on success, 1 on an error (message on stderr; --debug adds the traceback), "
+            "2 on a usage error."
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -114,13 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--out", required=True, metavar="DIR", help="output directory for the merged model")
     merge.add_argument(
         "--dtype",
-        choices=("float32", "bfloat16", "float16"),
+        choices=tuple(DTYPES),
         default="float32",
         help="dtype of the saved weights",
     )
     merge.add_argument(
         "--task",
-        choices=("token-classification", "sequence-classification", "causal-lm"),
+        choices=tuple(TASKS),
         help="model head to load the base with (default: inferred from the adapter's metadata)",
     )
     merge.add_argument(
@@ -310,15 +316,6 @@ def _cell(value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     return str(value)
-
-
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("peftkit")
-    except Exception:  # not installed (running from a source tree)
-        return "unknown"
 
 
 if __name__ == "__main__":

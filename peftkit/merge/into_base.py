@@ -42,6 +42,7 @@ TASKS = {
     "token-classification": "AutoModelForTokenClassification",
     "sequence-classification": "AutoModelForSequenceClassification",
     "causal-lm": "AutoModelForCausalLM",
+    "question-answering": "AutoModelForQuestionAnswering",
 }
 #: Files copied from the base directory when present (tokenizers of the common model families).
 TOKENIZER_FILES = (
@@ -84,8 +85,9 @@ def merge_adapter(
             leaves nothing behind. Must not exist yet.
         dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"`` for the merged weights.
         strict: Refuse a base whose fingerprint differs from the adapter's (``False`` = warn).
-        task: ``"token-classification"``, ``"sequence-classification"`` or ``"causal-lm"``; default:
-            the architecture recorded in the adapter's fingerprint.
+        task: ``"token-classification"``, ``"sequence-classification"``, ``"causal-lm"`` or
+            ``"question-answering"``; default: the architecture recorded in the adapter's fingerprint
+            (for adapters written by peft: its ``task_type``, else the base's ``architectures``).
         head_only: For adapters that cannot be merged (bottleneck): fold only the trained heads and
             drop the adapter layers. The result's outputs differ from the adapter model's.
         check: Compare the logits of the adapter model and of the merged model on a random probe
@@ -249,6 +251,7 @@ def _task_of(architecture: str | None) -> str | None:
     suffixes = {
         "ForTokenClassification": "token-classification",
         "ForSequenceClassification": "sequence-classification",
+        "ForQuestionAnswering": "question-answering",
         "ForCausalLM": "causal-lm",
         "LMHeadModel": "causal-lm",
     }
