@@ -135,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument(
         "--head-only",
         action="store_true",
-        help="for adapters that cannot be merged (bottleneck): save the base with only the trained head folded in",
+        help="for adapters that cannot be merged (bottleneck): save the base with only the trained head "
+        "folded in (LoRA/AdaLoRA always merge fully)",
     )
     merge.add_argument(
         "--no-check",

@@ -108,12 +108,15 @@ def test_merged_model_loads_with_plain_transformers_and_matches_the_adapter(art,
     assert json.loads((out / "peftkit_merge.json").read_text())["method"] == method
 
 
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated")
 def test_merge_adapter_written_by_peft_itself(art, tmp_path):
     from peft import LoraConfig, get_peft_model
 
     model = get_peft_model(
         make_model("gpt2"),
-        LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], modules_to_save=["score"]),
+        LoraConfig(
+            r=4, lora_alpha=8, target_modules=["c_attn"], modules_to_save=["score"], fan_in_fan_out=True
+        ),
     )
     perturb(model, 5)
     expected = logits(model, "gpt2")
@@ -197,6 +200,16 @@ def test_merge_refuses_another_base_unless_forced(art, tmp_path):
         merge_adapter(art.base("bert", seed=7), adapter, tmp_path / "c", strict=False)
     assert (tmp_path / "c" / "model.safetensors").is_file()
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_merge_refuses_nan_weights_and_leaves_nothing(tmp_path, art):
+    model = perturb(peftkit.wrap(make_model("bert"), "lora"), 1)
+    with torch.no_grad():
+        model.bert.encoder.layer[1].attention.self.value.lora_B["default"].weight[0, 0] = float("nan")
+    save_adapter(model, tmp_path / "nan")
+    with pytest.raises(MergeError, match="NaN"):
+        merge_adapter(art.base("bert"), tmp_path / "nan", tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nan"]
 
 
 def test_merge_refuses_existing_output_and_bad_dtype(art, tmp_path):

@@ -136,12 +136,16 @@ def merge_adapter(
     probe = _probe_inputs(model) if check else None
     before = _logits(model, probe)
     fold_adapter(model, "default", head_only=head_only, progress=progress)
+    from peftkit import __version__
+
     report: dict[str, Any] = {
         "adapter": str(files.path),
+        "base": str(base_dir) if base_dir is not None else None,
         "method": files.method,
-        "dtype": str(torch_dtype)[6:],
+        "dtype": str(torch_dtype).removeprefix("torch."),
+        "head_only": head_only,
+        "peftkit_version": __version__,
     }
-    report["head_only"] = head_only
     report["max_abs_logit_diff_fp32"] = _max_diff(before, _logits(model, probe))
     model.to(torch_dtype)
     if torch_dtype != torch.float32:
