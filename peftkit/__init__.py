@@ -3,6 +3,7 @@
 Public API::
 
     import peftkit
+    model = peftkit.load_base(path, task="token-classification", num_labels=9, load_in_8bit=True)
     model = peftkit.wrap(model, "lora")          # or "adalora", "adapter", a plugin
     peftkit.methods()                            # ['adalora', 'adapter', 'lora', ...]
     print(peftkit.summary(model))
@@ -32,6 +33,7 @@ from peftkit.errors import (
 )
 from peftkit.io import base_fingerprint, fingerprints_match, load_adapter, read_adapter_dir, save_adapter
 from peftkit.merge import combine_adapters, merge_adapter
+from peftkit.quantization import describe_int8_paths, enable_fast_int8, load_base
 from peftkit.registry import MethodSpec, get_method, method_specs, methods, register_method
 from peftkit.state import adapter_state_dict
 from peftkit.summary import Summary, summary
@@ -72,6 +74,9 @@ __all__ = [
     "fingerprints_match",
     "merge_adapter",
     "combine_adapters",
+    "load_base",
+    "enable_fast_int8",
+    "describe_int8_paths",
     "adapter_state_dict",
     "PeftkitError",
     "UnknownMethodError",
