@@ -14,6 +14,7 @@ every process stops at the same step and the weights are never updated with a ba
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,21 +62,32 @@ class NumericGuard:
         self.explode_factor = explode_factor
         self.reference_loss = reference_loss
 
-    def check(self, report: StepReport, last_checkpoint: Path | None) -> None:
+    def check(
+        self, report: StepReport, last_checkpoint: Callable[[], Path | None] | Path | None = None
+    ) -> None:
         """Validate one step; sets the reference loss on the first finite step.
+
+        Args:
+            report: The step's reduced values.
+            last_checkpoint: The newest complete checkpoint, or a function returning it (only
+                called when an error is raised).
 
         Raises:
             TrainingError: Non-finite loss or gradient norm, or an exploding loss.
 
         """
         where = self._where(report)
-        resume = self._resume_hint(last_checkpoint)
+        latest = last_checkpoint
+
+        def resume() -> str:
+            return self._resume_hint(latest() if callable(latest) else latest)
+
         if not math.isfinite(report.loss) or not math.isfinite(report.grad_norm):
             what = "loss" if not math.isfinite(report.loss) else "gradient norm"
             value = report.loss if what == "loss" else report.grad_norm
             raise TrainingError(
                 f"Non-finite {what} ({value}) at optimizer step {report.step}, {where}; the weights were not "
-                f"updated by this step. {resume} Likely causes: a learning rate too high (--lr), fp16 overflow "
+                f"updated by this step. {resume()} Likely causes: a learning rate too high (--lr), fp16 overflow "
                 "(use --mixed-precision bf16 or no), or a batch whose labels are all -100 (a mean over zero "
                 "tokens is NaN): check that batch."
             )
@@ -89,7 +101,7 @@ class NumericGuard:
                 f"The loss exploded at optimizer step {report.step}, {where}: {report.loss:.4g} is more than "
                 f"{self.explode_factor:g}x the first step's loss {self.reference_loss:.4g}. The learning rate"
                 f"{lr} is most likely too high: lower it 3-10x, add warm-up (--warmup-ratio 0.06) or keep "
-                f"gradient clipping on (--max-grad-norm 1.0). {resume} (--explode-factor 0 disables this check.)"
+                f"gradient clipping on (--max-grad-norm 1.0). {resume()} (--explode-factor 0 disables this check.)"
             )
 
     @staticmethod

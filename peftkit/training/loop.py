@@ -161,6 +161,9 @@ def train(
         optimizer: Optimizer over the model's trainable parameters (default: AdamW, ``config.lr``).
         compute_loss: ``(model, batch) -> loss`` (default: ``model(**batch).loss``).
 
+    Python, NumPy and torch are seeded with ``config.seed`` just before ``accelerator.prepare``
+    (after the model was built), so that the data order and dropout depend only on the seed.
+
     Returns:
         A :class:`TrainResult`; ``result.interrupted`` after SIGINT/SIGTERM (a checkpoint was saved
         and the way to resume was logged).
@@ -238,9 +241,8 @@ class _Loop:
         set_seed(config.seed)
         optimizer = optimizer or build_optimizer(model, config)
         raw_optimizer = optimizer
-        prepared = self.acc.prepare(
-            model, optimizer, train_dataloader, *([eval_dataloader] if eval_dataloader else [])
-        )
+        extra = [eval_dataloader] if eval_dataloader is not None else []
+        prepared = self.acc.prepare(model, optimizer, train_dataloader, *extra)
         self.model, self.optimizer, self.train_dl = prepared[:3]
         self.eval_dl = prepared[3] if eval_dataloader is not None else None
         self.unwrapped = self.acc.unwrap_model(self.model)
@@ -292,6 +294,9 @@ class _Loop:
         try:
             with StopRequest() as self.stop:
                 stop_signal = self._train()
+        except KeyboardInterrupt:
+            logger.warning("Aborted without saving; the last complete checkpoint is %s.", self.ckpt.latest())
+            raise
         finally:
             self.progress.close()
         if stop_signal is None:
@@ -375,7 +380,7 @@ class _Loop:
             bad_batch=bad[0] if bad else None,
             peak_lr=self.config.lr,
         )
-        self.guard.check(report, self.ckpt.latest())
+        self.guard.check(report, self.ckpt.latest)
         self.state.reference_loss = self.guard.reference_loss
         self.optimizer.step()
         self.state.global_step += 1
