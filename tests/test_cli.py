@@ -76,6 +76,7 @@ def subprocess_runs(art, tmp_path_factory):
     return results
 
 
+@pytest.mark.slow  # two fresh interpreters importing torch/transformers/peft: ~10 s on 2 idle cores
 def test_merge_subprocess_writes_a_plain_transformers_model(subprocess_runs):
     returncode, stdout, stderr, directory = subprocess_runs["ok"]
     assert returncode == 0, stderr
@@ -84,6 +85,7 @@ def test_merge_subprocess_writes_a_plain_transformers_model(subprocess_runs):
     assert_close(logits(plain, "gpt2"), subprocess_runs["expected"], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_failing_subprocess_exits_1_with_the_message_and_leaves_nothing(subprocess_runs):
     returncode, _, stderr, directory = subprocess_runs["fail"]
     assert returncode == 1
