@@ -102,9 +102,9 @@ def fold_adapter(
     if leftovers:
         raise MergeError(f"Adapter modules remain after folding: {', '.join(leftovers[:5])}.")
     for other in state.adapters.values():  # e.g. AdaLoRA's regulariser hook on the model
-        hook = getattr(other.handle, "_hook", None)
-        if hook is not None and hasattr(hook, "remove"):
-            hook.remove()
+        remove = getattr(other.handle, "remove", None)
+        if callable(remove):
+            remove()
     inner.__dict__.pop(_STATE_ATTR, None)
     inner.__dict__.pop("peft_config", None)
     for param in inner.parameters():

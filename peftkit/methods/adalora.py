@@ -124,6 +124,10 @@ class AdaLoraHandle:
         self.tuner.update_and_allocate(global_step)
         self.last_step = global_step
 
+    def remove(self) -> None:
+        """Detach the regulariser hook from the model (after merging or deleting the adapter)."""
+        self._hook.remove()
+
     def _add_orthogonal_regulariser(self, module: nn.Module, args: Any, outputs: Any) -> None:
         loss = getattr(outputs, "loss", None)
         if not module.training or self.orth_reg_weight == 0 or not isinstance(loss, torch.Tensor):

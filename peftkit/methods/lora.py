@@ -16,6 +16,7 @@ from typing import Literal
 
 from peft import LoraConfig
 from peft.tuners.lora import LoraModel
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from peftkit.methods.base import MethodConfig, check_dropout, check_positive, require
@@ -53,10 +54,20 @@ class LoraOptions(MethodConfig):
 
 
 def uses_conv1d(model: nn.Module, targets: list[str] | str) -> bool:
-    """Whether the targeted modules are GPT-2 style ``Conv1D`` (weights stored transposed)."""
+    """Whether the targeted modules are GPT-2 style ``Conv1D`` (weights stored transposed).
+
+    Looks through adapter layers already injected (``get_base_layer``), so a second adapter on
+    a GPT-2 model gets the same ``fan_in_fan_out`` as the first.
+    """
     from peftkit.targets import matches
 
-    return any(type(m).__name__ == "Conv1D" and matches(n, targets) for n, m in model.named_modules())
+    for name, module in model.named_modules():
+        if ".base_layer" in name or not matches(name, targets):
+            continue
+        base = module.get_base_layer() if isinstance(module, BaseTunerLayer) else module
+        if type(base).__name__ == "Conv1D":
+            return True
+    return False
 
 
 def to_peft_lora_config(config: LoraOptions, targets: list[str] | str, model: nn.Module) -> LoraConfig:
