@@ -2,11 +2,13 @@
 
 Why a fresh process: the process-wide high-water mark (``ru_maxrss`` / ``VmHWM``) never goes
 down, and memory freed by an earlier variant stays in the allocator's pools, so measuring
-several variants in one process mixes their footprints. Each probe therefore runs
-``python -m benchmarks.memory '<json>'``: import, load + wrap the model, then reset the
+several variants in one process mixes their footprints. Each probe therefore runs in a new
+process, forked from a ``forkserver`` that has already imported torch, transformers and peft
+(saving the import time per probe; no torch work ran in it, so forking is safe). Standalone:
+``python -m benchmarks.memory '<json>'``. A probe loads + wraps the model, then resets the
 high-water mark (Linux: write ``5`` to ``/proc/self/clear_refs``) so the one-off peak of loading
-(e.g. bitsandbytes quantising fp32 weights) is excluded, run a few training steps (the first
-allocates the optimizer state, later ones reach the steady-state peak), and read ``VmHWM``.
+(e.g. bitsandbytes quantising fp32 weights) is excluded, runs a few training steps (the first
+allocates the optimizer state, later ones reach the steady-state peak), and reads ``VmHWM``.
 Where the reset is impossible the peak falls back to ``ru_maxrss`` (loading included) and says
 so in ``peak_source``. On CUDA the probe also reports ``torch.cuda.max_memory_allocated``.
 """
@@ -15,11 +17,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
+import multiprocessing
 import resource
-import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,6 @@ import torch
 logger = logging.getLogger(__name__)
 
 MARKER = "BENCH_MEMORY_RESULT "
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def current_rss_mb() -> float:
@@ -127,25 +126,27 @@ def measure_peaks(
         return results
     if mode != "subprocess":
         raise ValueError(f"memory mode {mode!r}: use 'subprocess', 'inprocess' or 'off'.")
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        futures = {name: pool.submit(_run_probe_process, spec, timeout) for name, spec in specs.items()}
-        return {name: future.result() for name, future in futures.items()}
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["benchmarks.memory", "benchmarks.variants", "benchmarks.measure"])
+    results = {}
+    with context.Pool(processes=max(1, jobs), maxtasksperchild=1) as pool:
+        pending = {name: pool.apply_async(_probe_child, (spec,)) for name, spec in specs.items()}
+        for name, task in pending.items():
+            try:
+                results[name] = {**task.get(timeout=timeout), "mode": "subprocess"}
+            except multiprocessing.TimeoutError:
+                results[name] = {"error": f"probe timed out after {timeout:.0f} s"}
+            except Exception as exc:  # report the failure of one variant, keep the others
+                results[name] = {"error": f"{type(exc).__name__}: {exc}"}
+    return results
 
 
-def _run_probe_process(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
-    command = [sys.executable, "-m", "benchmarks.memory", json.dumps(spec)]
-    try:
-        done = subprocess.run(
-            command, capture_output=True, text=True, timeout=timeout, env=env, cwd=str(REPO_ROOT), check=False
-        )
-    except subprocess.TimeoutExpired:
-        return {"error": f"probe timed out after {timeout:.0f} s"}
-    for line in done.stdout.splitlines():
-        if line.startswith(MARKER):
-            return {**json.loads(line[len(MARKER) :]), "mode": "subprocess"}
-    tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
-    return {"error": f"probe exited with {done.returncode}: {' | '.join(tail)}"}
+def _probe_child(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run :func:`probe` in a pool worker (a fresh process forked from the preloaded fork server)."""
+    import logging as _logging
+
+    _logging.getLogger("bitsandbytes").setLevel(_logging.ERROR)
+    return probe(spec)
 
 
 def _proc_status() -> dict[str, int]:

@@ -122,16 +122,35 @@ def _inference_table(result: dict[str, Any], labels: list[str]) -> list[str]:
 
 
 def _int8_section(result: dict[str, Any]) -> list[str]:
-    lines = ["", "## 8-bit inference: peftkit's fast int8 path (`benchmarks/int8_speed.py`)", ""]
+    lines = [
+        "",
+        "## 8-bit inference: peftkit's fast int8 path vs fp32 and bitsandbytes (`benchmarks/int8_speed.py`)",
+        "",
+        "| batch | fp32 tokens/s | int8 fast tokens/s | int8 bitsandbytes tokens/s | fast / fp32 speed "
+        "| bitsandbytes / fp32 speed | max abs logit error (fast) | argmax agreement |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for shape in result["shapes"]:
-        speed = shape.get("int8_speed")
-        text = "not measured" if not speed else ", ".join(f"{k}={_short(v)}" for k, v in speed.items())
-        lines.append(f"* {shape['batch']}x{shape['seq_len']}: {text}")
+        speed = shape.get("int8_speed") or {}
+        label = f"{shape['batch']}x{shape['seq_len']}"
+        if "speedup" not in speed:
+            lines.append(f"| {label} | {speed.get('error', 'not measured')} |" + " |" * 6)
+            continue
+        spread = (
+            f" [{speed['speedup_q1']:.2f}-{speed['speedup_q3']:.2f}]" if speed.get("repeats", 1) > 1 else ""
+        )
+        lines.append(
+            f"| {label} | {speed['fp32_tokens_per_s']:,.0f} | {speed['int8_fast_tokens_per_s']:,.0f} | "
+            f"{speed.get('int8_bnb_tokens_per_s', float('nan')):,.0f} | {speed['speedup']:.2f}x{spread} | "
+            f"{speed.get('bnb_speedup', float('nan')):.2f}x | {speed.get('max_abs_logit_err_fast', float('nan')):.3g} | "
+            f"{100 * speed.get('argmax_agreement_fast', float('nan')):.1f} % |"
+        )
     int8 = result.get("int8_linear") or {}
     if int8.get("layers"):
+        lines.append("")
         lines.append(
-            f"* quantised linears: {int8['layers']} layers, {_bytes(int8['int8_bytes'])} in 8-bit vs "
-            f"{_bytes(int8['fp32_bytes'])} in fp32 ({int8['ratio']:.3f}x)"
+            f"Quantised linear layers: {int8['layers']}, weights {_bytes(int8['quantized_bytes'])} in 8-bit "
+            f"(codes + row scales) vs {_bytes(int8['fp32_bytes'])} in fp32 ({int8['ratio']:.3f}x)."
         )
     return lines
 
@@ -241,14 +260,6 @@ def _bytes(count: float | None) -> str:
             return f"{count:,.0f} {unit}" if unit == "B" else f"{count:,.1f} {unit}"
         count /= 1024
     return str(count)
-
-
-def _short(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    if isinstance(value, (dict, list)):
-        return json.dumps(value)[:80]
-    return str(value)
 
 
 def main(argv: list[str] | None = None) -> int:

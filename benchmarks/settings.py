@@ -44,6 +44,8 @@ class BenchSettings:
         gemm_size: Side of the square fp32 matmul measuring the machine's GEMM peak.
         gemm_repeats: Matmuls timed for the GEMM peak (best one counts).
         int8_speed_repeats: ``repeats`` handed to ``measure_int8_vs_fp32``.
+        threads: torch intra-op threads (``None``: torch's default, all cores). The dry run uses 1:
+            tiny ops on two threads stall at every OpenMP barrier when other processes load the CPU.
         num_labels: Classes of the token-classification head (CoNLL-2003: 9).
         seed: Seed of the inputs and the new weights.
 
@@ -61,6 +63,7 @@ class BenchSettings:
     gemm_size: int = 2048
     gemm_repeats: int = 10
     int8_speed_repeats: int = 5
+    threads: int | None = None
     num_labels: int = 9
     seed: int = 0
 
@@ -103,5 +106,6 @@ def preset(name: str) -> BenchSettings:
             gemm_size=256,
             gemm_repeats=2,
             int8_speed_repeats=1,
+            threads=1,
         )
     raise ValueError(f"Unknown preset {name!r}: use 'full', 'quick' or 'dry'.")

@@ -1,4 +1,4 @@
-"""Bytes on disk and in memory: adapter files, the base checkpoint, 8-bit linear weights."""
+"""Bytes on disk: adapter files and the base checkpoint."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 logger = logging.getLogger(__name__)
@@ -53,50 +52,6 @@ def adapter_file_bytes(model: nn.Module, method: str) -> dict[str, Any]:
             "dir_bytes": sum(f.stat().st_size for f in out.rglob("*") if f.is_file()),
             "how": how,
         }
-
-
-def int8_linear_bytes(model: nn.Module) -> dict[str, Any]:
-    """Bytes of the quantised linear layers of an 8-bit model vs the same layers in fp32.
-
-    int8 side: the int8 weight, its per-row fp32 scales (``SCB``) and the bias as stored;
-    fp32 side: ``out x in`` fp32 weights and fp32 biases.
-    """
-    try:
-        from bitsandbytes.nn import Linear8bitLt
-    except ImportError:
-        return {"layers": 0}
-    int8_bytes = fp32_bytes = layers = 0
-    for module in model.modules():
-        if not isinstance(module, Linear8bitLt):
-            continue
-        layers += 1
-        weight = module.weight
-        scales = getattr(weight, "SCB", None)
-        if scales is None:
-            scales = getattr(getattr(module, "state", None), "SCB", None)
-        bias = module.bias
-        int8_bytes += weight.numel() * weight.element_size()
-        int8_bytes += scales.numel() * scales.element_size() if scales is not None else 0
-        int8_bytes += bias.numel() * bias.element_size() if bias is not None else 0
-        fp32_bytes += module.in_features * module.out_features * 4 + (
-            module.out_features * 4 if bias is not None else 0
-        )
-    ratio = int8_bytes / fp32_bytes if fp32_bytes else None
-    return {"layers": layers, "int8_bytes": int8_bytes, "fp32_bytes": fp32_bytes, "ratio": ratio}
-
-
-def parameter_bytes(model: nn.Module) -> int:
-    """In-memory bytes of all parameters and buffers (each tensor once)."""
-    seen: set[int] = set()
-    total = 0
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        if id(tensor) in seen:
-            continue
-        seen.add(id(tensor))
-        total += tensor.numel() * tensor.element_size()
-    scales = [getattr(p, "SCB", None) for p in model.parameters()]
-    total += sum(s.numel() * s.element_size() for s in scales if isinstance(s, torch.Tensor))
-    return total
 
 
 def _save_peftkit(model: nn.Module, out: Path) -> tuple[str, Path]:

@@ -23,7 +23,8 @@ from benchmarks.measure import Runner, interleaved, make_batch, paired_ratios
 from benchmarks.memory import measure_peaks
 from benchmarks.settings import PEFT_REFERENCE, TRAIN_VARIANTS, BenchSettings
 from benchmarks.stats import summarize
-from benchmarks.variants import build_variant, count_parameters, describe_int8, int8_fast_path, variant_name
+from benchmarks.variants import build_variant, count_parameters, describe_int8, variant_name
+from peftkit.quantization import quantized_linear_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -100,11 +101,11 @@ def run_benchmark(
             "adapter_file": sizes.adapter_file_bytes(runner.model, method),
             "memory": memory.get(runner.name),
         }
-    int8_runner = next((r for r in runners if r.name.startswith("int8-")), None)
-    int8_base = infer_only[0].model if infer_only else (int8_runner.model if int8_runner else None)
-    result["int8_linear"] = sizes.int8_linear_bytes(int8_base) if int8_base is not None else None
-    result["int8_paths"] = describe_int8(int8_base) if int8_base is not None else None
-    del runners, infer_only, base, int8_base, int8_runner
+    result["int8_linear"] = quantized_linear_bytes(infer_only[0].model).as_dict()
+    result["int8_paths"] = {
+        r.name: describe_int8(r.model) for r in [*runners, *infer_only] if "int8" in r.name
+    }
+    del runners, infer_only, base
     gc.collect()
 
     progress("8-bit vs fp32 inference (quantization helper) ...")
@@ -151,7 +152,7 @@ def evaluate_goals(result: dict[str, Any]) -> list[Goal]:
             int8.get("ratio"),
             "<=",
             0.27,
-            note="int8 weights + fp32 row scales + biases of the quantised linears",
+            note="peftkit.quantization.quantized_linear_bytes: int8 codes + fp32 row scales vs fp32 weights",
         )
     )
     base_bytes = result["model"]["base_checkpoint_bytes"]
@@ -268,14 +269,11 @@ def _runner(model_path: str, precision: str, method: str, settings: BenchSetting
 
 
 def _inference_only_runners(model_path: str, settings: BenchSettings, device: str) -> list[Runner]:
-    """An untouched 8-bit base on bitsandbytes' own eval path and, if available, on peftkit's fast path."""
-    plain = build_variant(model_path, "int8", "base", settings.num_labels, settings.seed, device)
-    runners = [Runner("int8-base (bnb)", plain, device, trainable=False)]
-    enable_fast = int8_fast_path()
-    if enable_fast is not None:
-        fast = build_variant(model_path, "int8", "base", settings.num_labels, settings.seed, device)
-        fast = enable_fast(fast) or fast
-        runners.append(Runner("int8-base (fast)", fast, device, trainable=False))
+    """Untouched 8-bit bases: on peftkit's fast int8 path and on bitsandbytes' own eval path."""
+    runners = []
+    for label, fast in (("int8-base-fast", True), ("int8-base-bnb", False)):
+        model = build_variant(model_path, "int8", "base", settings.num_labels, settings.seed, device, fast)
+        runners.append(Runner(label, model, device, trainable=False))
     return runners
 
 

@@ -1,8 +1,8 @@
 """Build the models being compared: {fp32, int8} bases x {full, LoRA, AdaLoRA, Adapter}, plus peft's LoRA.
 
 Every variant starts from the same checkpoint and the same seed. 8-bit bases come from
-``peftkit.quantization.load_base`` when it is installed (heads kept in fp32), else from a
-plain ``BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=["classifier"])``.
+:func:`peftkit.quantization.load_base` (heads kept in fp32; on CPU with the fast int8 inference
+path, which training bypasses).
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-from typing import Any
 
 import torch
 from torch import nn
@@ -32,20 +31,33 @@ def variant_name(precision: str, method: str) -> str:
     return f"{precision}-{method}"
 
 
-def load_base(model_path: str, precision: str, num_labels: int, seed: int, device: str) -> nn.Module:
-    """Load the token-classification base in fp32 or 8-bit; the new head is seeded with ``seed``."""
+def load_base(
+    model_path: str, precision: str, num_labels: int, seed: int, device: str, fast_int8: bool = True
+) -> nn.Module:
+    """Load the token-classification base in fp32 or 8-bit; the new head is seeded with ``seed``.
+
+    8-bit bases come from :func:`peftkit.quantization.load_base` (heads in fp32, backbone frozen,
+    on CPU the fast int8 inference path unless ``fast_int8=False``, which leaves bitsandbytes'
+    own eval path).
+    """
     torch.manual_seed(seed)
     with _quiet():
         if precision == "fp32":
             model = AutoModelForTokenClassification.from_pretrained(model_path, num_labels=num_labels)
             return model.to(device)
         if precision == "int8":
-            return _load_int8(model_path, num_labels, device)
+            return _load_int8(model_path, num_labels, device, fast_int8)
     raise ValueError(f"Unknown precision {precision!r}: use 'fp32' or 'int8'.")
 
 
 def build_variant(
-    model_path: str, precision: str, method: str, num_labels: int, seed: int, device: str
+    model_path: str,
+    precision: str,
+    method: str,
+    num_labels: int,
+    seed: int,
+    device: str,
+    fast_int8: bool = True,
 ) -> nn.Module:
     """Load a base and prepare it for ``method`` (``full``, ``lora``, ``adalora``, ``adapter``, ``peft-lora``, ``base``).
 
@@ -53,7 +65,7 @@ def build_variant(
     peftkit methods use :func:`peftkit.wrap` with default options except LoRA's, which match the
     peft reference (:data:`benchmarks.settings.LORA_OPTIONS`).
     """
-    model = load_base(model_path, precision, num_labels, seed, device)
+    model = load_base(model_path, precision, num_labels, seed, device, fast_int8)
     torch.manual_seed(seed + 1)
     if method in ("full", "base"):
         if method == "full" and precision != "fp32":
@@ -109,44 +121,23 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
     return {"trainable": trainable, "total": total}
 
 
-def int8_fast_path() -> Any | None:
-    """``peftkit.quantization.enable_fast_int8`` if the quantization module provides it, else ``None``."""
-    try:
-        from peftkit.quantization import enable_fast_int8
-    except ImportError:
-        return None
-    return enable_fast_int8
+def describe_int8(model: nn.Module) -> dict[str, int]:
+    """Layers of an 8-bit model per inference path (``peftkit.quantization.describe_int8_paths``)."""
+    from peftkit.quantization import describe_int8_paths
+
+    return dict(describe_int8_paths(model))
 
 
-def describe_int8(model: nn.Module) -> Any:
-    """``peftkit.quantization.describe_int8_paths(model)`` if available (JSON-friendly), else ``None``."""
-    try:
-        from peftkit.quantization import describe_int8_paths
-    except ImportError:
-        return None
-    try:
-        described = describe_int8_paths(model)
-    except Exception as exc:  # a description is informative only: never fail the run for it
-        logger.warning("describe_int8_paths failed: %s", exc)
-        return None
-    return described if isinstance(described, (dict, list, str, int, float)) else str(described)
+def _load_int8(model_path: str, num_labels: int, device: str, fast_int8: bool) -> nn.Module:
+    from peftkit.quantization import load_base as peftkit_load_base
 
-
-def _load_int8(model_path: str, num_labels: int, device: str) -> nn.Module:
-    try:
-        from peftkit.quantization import load_base as peftkit_load_base
-    except ImportError:
-        peftkit_load_base = None
-    if peftkit_load_base is not None:
-        return peftkit_load_base(
-            model_path, task="token-classification", num_labels=num_labels, load_in_8bit=True
-        )
-    from transformers import BitsAndBytesConfig
-
-    logger.info("peftkit.quantization not available: loading 8-bit with a plain BitsAndBytesConfig")
-    quantization = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=[HEAD])
-    return AutoModelForTokenClassification.from_pretrained(
-        model_path, num_labels=num_labels, quantization_config=quantization, device_map=device
+    return peftkit_load_base(
+        model_path,
+        task="token-classification",
+        num_labels=num_labels,
+        load_in_8bit=True,
+        device_map=device,
+        fast_int8=fast_int8 and not device.startswith("cuda"),
     )
 
 
