@@ -381,3 +381,22 @@ def test_describe_adapter_fields(art):
     }
     assert info["peftkit_version"] == peftkit.__version__
     json.dumps(info)
+
+
+def test_merged_model_refuses_the_same_adapter_again(tmp_path) -> None:
+    """The merged model has its base's fingerprint; the adapter must still not be applied twice."""
+    base_dir = tmp_path / "base"
+    save_tiny_model("bert", base_dir)
+    model = peftkit.wrap(make_model("bert"), "lora")
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_()
+    peftkit.save_adapter(model, tmp_path / "adapter")
+    peftkit.merge_adapter(str(base_dir), tmp_path / "adapter", tmp_path / "merged")
+    merged = transformers.AutoModelForTokenClassification.from_pretrained(str(tmp_path / "merged"))
+    with pytest.raises(BaseModelMismatchError, match="already merged"):
+        peftkit.load_adapter(merged, tmp_path / "adapter")
+    with pytest.warns(UserWarning, match="already merged"):
+        twice = peftkit.load_adapter(merged, tmp_path / "adapter", strict=False)
+    assert twice(**make_batch("bert")).logits.shape[-1] == 5

@@ -30,7 +30,7 @@ from peftkit.errors import (
     InvalidOptionError,
     NotWrappedError,
 )
-from peftkit.io.files import WEIGHTS_FILE
+from peftkit.io.files import MERGED_ADAPTERS_ATTR, WEIGHTS_FILE
 from peftkit.io.fingerprint import base_fingerprint, describe_fingerprint, fingerprints_match, mismatch_reason
 from peftkit.io.layout import FORMAT_VERSION, AdapterFiles, read_adapter_dir, write_adapter_dir
 from peftkit.io.peft_format import (
@@ -251,6 +251,7 @@ def _check_base(model: nn.Module, files: AdapterFiles, strict: bool) -> None:
         return
     actual = base_fingerprint(model)
     if fingerprints_match(expected, actual):
+        _check_not_already_merged(model, files, strict)
         return
     message = (
         f"The adapter in {str(files.path)!r} was trained on {describe_fingerprint(expected)}, but it is being loaded "
@@ -262,6 +263,22 @@ def _check_base(model: nn.Module, files: AdapterFiles, strict: bool) -> None:
         raise BaseModelMismatchError(message)
     warnings.warn(message, UserWarning, stacklevel=3)
     logger.warning(message)
+
+
+def _check_not_already_merged(model: nn.Module, files: AdapterFiles, strict: bool) -> None:
+    """Refuse an adapter that ``peftkit merge`` already folded into ``model`` (it would apply twice)."""
+    checksum = ((files.meta or {}).get("files") or {}).get(WEIGHTS_FILE, {}).get("sha256")
+    merged = getattr(getattr(model, "config", None), MERGED_ADAPTERS_ATTR, None) or []
+    if not checksum or checksum not in merged:
+        return
+    message = (
+        f"The adapter in {str(files.path)!r} is already merged into this model (recorded by peftkit merge in its "
+        "config.json): loading it again would apply it twice. Load it onto the original base model instead, or "
+        "pass strict=False if you really mean to."
+    )
+    if strict:
+        raise BaseModelMismatchError(message)
+    warnings.warn(message, UserWarning, stacklevel=4)
 
 
 def _copy_weights(model: nn.Module, files: AdapterFiles, adapter_name: str, strict: bool) -> None:

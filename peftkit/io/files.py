@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
+#: ``config.json`` attribute where ``peftkit merge`` lists the checksums of the adapters folded in.
+MERGED_ADAPTERS_ATTR = "peftkit_merged_adapters"
 META_FILE = "peftkit.json"
 #: Files that make up an adapter directory (a directory holding only these may be replaced whole).
 ADAPTER_FILES = frozenset({CONFIG_FILE, WEIGHTS_FILE, META_FILE, "adapter_model.bin", "README.md"})

@@ -30,6 +30,7 @@ from peftkit.errors import (
     QuantizationError,
 )
 from peftkit.io import AdapterFiles, describe_fingerprint, load_adapter, read_adapter_dir
+from peftkit.io.files import MERGED_ADAPTERS_ATTR, WEIGHTS_FILE
 from peftkit.merge.fold import NOT_MERGEABLE_HINT, check_not_quantized, fold_adapter
 from peftkit.registry import get_method
 from peftkit.state import PEFT_KEY_PREFIX, get_state, unwrap_model
@@ -151,10 +152,25 @@ def merge_adapter(
     if torch_dtype != torch.float32:
         report[f"max_abs_logit_diff_{report['dtype']}"] = _max_diff(before, _logits(model, probe))
     model.peftkit_merge_report = report
+    if not head_only:  # a head-only merge still needs the adapter loaded on top
+        _record_merged_adapter(model, files)
     logger.info("Merged %s adapter %s: %s", files.method, files.path, report)
     if out is not None:
         save_merged(model, out, base_dir, report)
     return model
+
+
+def _record_merged_adapter(model: nn.Module, files: AdapterFiles) -> None:
+    """Note the adapter's checksum in ``config.json`` so that it is never applied a second time.
+
+    The merged model has the same fingerprint as its base (linear weights are not hashed), so
+    :func:`peftkit.load_adapter` reads this list to refuse loading the same adapter on top.
+    """
+    checksum = ((files.meta or {}).get("files") or {}).get(WEIGHTS_FILE, {}).get("sha256")
+    config = getattr(model, "config", None)
+    if checksum and config is not None:
+        merged = list(getattr(config, MERGED_ADAPTERS_ATTR, None) or [])
+        setattr(config, MERGED_ADAPTERS_ATTR, [*merged, checksum])
 
 
 def load_base_for(
