@@ -143,13 +143,14 @@ class InterruptAt:
     ],
 )
 def test_resume_after_ctrl_c_reaches_identical_weights(tmp_path, method, options, grad_accum, trainable_only):
-    data = samples(n=24)
+    data = samples(n=16)
     settings = {"epochs": 2, "grad_accum": grad_accum, "checkpoint_trainable_only": trainable_only}
     full, r_full = run(tmp_path, "full", data=data, model=wrapped("bert", method, **options), **settings)
 
-    # SIGINT while building batch 9 (mid-epoch 1 of 6 batches): the loop finishes the step, saves, returns.
+    # SIGINT while building batch 6 (batch 1 of epoch 1, 4 batches per epoch): the loop finishes the step,
+    # saves a checkpoint and returns; the resumed run skips the consumed batches of epoch 1.
     _, r_stop = run(
-        tmp_path, "resumed", data=data, model=wrapped("bert", method, **options), collate_fn=InterruptAt(9),
+        tmp_path, "resumed", data=data, model=wrapped("bert", method, **options), collate_fn=InterruptAt(6),
         checkpoint_every=100, **settings,
     )  # fmt: skip
     assert r_stop.interrupted and r_stop.stop_signal == "SIGINT" and r_stop.exit_code == 130

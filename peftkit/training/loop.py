@@ -28,111 +28,38 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import shlex
-import sys
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import set_seed
 from torch import nn
 
 import peftkit
 from peftkit.config import TrainConfig, save_config
 from peftkit.errors import ConfigError, TrainingError
+from peftkit.training.accelerator import build_accelerator
 from peftkit.training.checkpoint import CheckpointManager
 from peftkit.training.evaluation import ComputeMetrics, EvalStep, evaluate
 from peftkit.training.faults import NumericGuard, StepReport
 from peftkit.training.method_state import collect_method_state, restore_method_state
 from peftkit.training.optim import build_optimizer, build_scheduler, steps_per_epoch
 from peftkit.training.progress import ProgressReporter, count_tokens
+from peftkit.training.records import (
+    LoopState,
+    TrainResult,
+    changed_settings,
+    resume_command,
+    trajectory_settings,
+)
 from peftkit.training.signals import StopRequest
 
 logger = get_logger(__name__)
 
-#: Config fields that change the training trajectory; a resume with other values is warned about.
-TRAJECTORY_FIELDS = (
-    "seed", "epochs", "max_steps", "lr", "weight_decay", "lr_schedule", "warmup_ratio", "warmup_steps",
-    "batch_size", "grad_accum", "max_grad_norm", "mixed_precision",
-)  # fmt: skip
-
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
-
-
-@dataclass
-class TrainResult:
-    """Outcome of :func:`train`.
-
-    Attributes:
-        global_step: Optimizer steps taken (including those before a resume).
-        epoch: Epoch the loop was in when it ended (equals ``epochs`` after a full run).
-        train_loss: Mean loss of the last logged window (or of the last step).
-        eval_metrics: Metrics of the last evaluation, if any.
-        history: Logged training and evaluation records (as in ``metrics.jsonl``).
-        interrupted: Whether SIGINT/SIGTERM stopped the run early (a checkpoint was saved).
-        stop_signal: ``"SIGINT"`` or ``"SIGTERM"`` when interrupted.
-        last_checkpoint: The newest complete checkpoint, if any.
-
-    """
-
-    global_step: int
-    epoch: int
-    train_loss: float | None
-    eval_metrics: dict[str, float] | None
-    history: list[dict[str, Any]] = field(default_factory=list)
-    interrupted: bool = False
-    stop_signal: str | None = None
-    last_checkpoint: Path | None = None
-
-    @property
-    def exit_code(self) -> int:
-        """0 after a full run, 130 after SIGINT, 143 after SIGTERM (shell conventions)."""
-        return {"SIGINT": 130, "SIGTERM": 143}.get(self.stop_signal or "", 0)
-
-
-@dataclass
-class LoopState:
-    """Counters saved in checkpoints (JSON).
-
-    Attributes:
-        global_step: Optimizer steps taken.
-        epoch: Current epoch (0-based).
-        batches_in_epoch: Micro-batches of the current epoch already consumed (per process).
-        reference_loss: Loss of the first optimizer step (for the explosion check).
-
-    """
-
-    global_step: int = 0
-    epoch: int = 0
-    batches_in_epoch: int = 0
-    reference_loss: float | None = None
-
-
-def build_accelerator(config: TrainConfig, **kwargs: Any) -> Accelerator:
-    """An :class:`~accelerate.Accelerator` set up for :func:`train`.
-
-    Gradient accumulation, mixed precision and CPU forcing come from ``config``; shuffling uses
-    Accelerate's seedable sampler seeded with ``config.seed`` so that the data order of every
-    epoch is reproducible, which exact resumption needs.
-
-    Args:
-        config: The training config.
-        **kwargs: Further ``Accelerator`` arguments (e.g. ``log_with``).
-
-    """
-    kwargs.setdefault(
-        "dataloader_config", DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed)
-    )
-    return Accelerator(
-        gradient_accumulation_steps=config.grad_accum,
-        cpu=config.cpu,
-        mixed_precision=config.mixed_precision,
-        **kwargs,
-    )
 
 
 def train(
@@ -419,7 +346,7 @@ class _Loop:
             "loop": dataclasses.asdict(self.state),
             "scheduler": self.scheduler.state_dict(),
             "method_state": values,
-            "config": {k: getattr(self.config, k, None) for k in TRAJECTORY_FIELDS},
+            "config": trajectory_settings(self.config),
         }
         path = self.ckpt.save(self.state.global_step, payload, tensors)
         self.last_saved_step = self.state.global_step
@@ -445,13 +372,7 @@ class _Loop:
             self.state.epoch += 1
             self.state.batches_in_epoch = 0
         self.last_saved_step = self.state.global_step
-        changed = {
-            k: (v, getattr(config, k, None))
-            for k, v in payload.get("config", {}).items()
-            if v != getattr(config, k, None)
-        }
-        if payload.get("num_processes", self.acc.num_processes) != self.acc.num_processes:
-            changed["num_processes"] = (payload["num_processes"], self.acc.num_processes)
+        changed = changed_settings(payload, config, self.acc.num_processes)
         if changed:
             text = ", ".join(f"{k}: {old} -> {new}" for k, (old, new) in changed.items())
             logger.warning("Resuming with settings that differ from the checkpoint (%s): the run will not "
@@ -462,11 +383,8 @@ class _Loop:
         )  # fmt: skip
 
     def _announce_stop(self, signal_name: str) -> None:
-        argv = list(sys.argv)
-        if "--resume" not in argv:
-            argv.append("--resume")
         logger.warning(
             "%s: stopped after optimizer step %d; checkpoint saved to %s. To continue, rerun the same command "
             "with --resume, e.g.: %s",
-            signal_name, self.state.global_step, self.ckpt.latest(), shlex.join(argv),
+            signal_name, self.state.global_step, self.ckpt.latest(), resume_command(),
         )  # fmt: skip

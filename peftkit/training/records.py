@@ -1,0 +1,92 @@
+"""Plain records of a training run: its result, its resumable counters, and resume helpers."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: Config fields that change the training trajectory; a resume with other values is warned about.
+TRAJECTORY_FIELDS = (
+    "seed", "epochs", "max_steps", "lr", "weight_decay", "lr_schedule", "warmup_ratio", "warmup_steps",
+    "batch_size", "grad_accum", "max_grad_norm", "mixed_precision",
+)  # fmt: skip
+
+
+@dataclass
+class TrainResult:
+    """Outcome of :func:`peftkit.training.train`.
+
+    Attributes:
+        global_step: Optimizer steps taken (including those before a resume).
+        epoch: Epoch the loop was in when it ended (equals ``epochs`` after a full run).
+        train_loss: Mean loss of the last logged window (or of the last step).
+        eval_metrics: Metrics of the last evaluation, if any.
+        history: Logged training and evaluation records (as in ``metrics.jsonl``).
+        interrupted: Whether SIGINT/SIGTERM stopped the run early (a checkpoint was saved).
+        stop_signal: ``"SIGINT"`` or ``"SIGTERM"`` when interrupted.
+        last_checkpoint: The newest complete checkpoint, if any.
+
+    """
+
+    global_step: int
+    epoch: int
+    train_loss: float | None
+    eval_metrics: dict[str, float] | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    interrupted: bool = False
+    stop_signal: str | None = None
+    last_checkpoint: Path | None = None
+
+    @property
+    def exit_code(self) -> int:
+        """0 after a full run, 130 after SIGINT, 143 after SIGTERM (shell conventions)."""
+        return {"SIGINT": 130, "SIGTERM": 143}.get(self.stop_signal or "", 0)
+
+
+@dataclass
+class LoopState:
+    """Counters saved in checkpoints (JSON).
+
+    Attributes:
+        global_step: Optimizer steps taken.
+        epoch: Current epoch (0-based).
+        batches_in_epoch: Micro-batches of the current epoch already consumed (per process).
+        reference_loss: Loss of the first optimizer step (for the explosion check).
+
+    """
+
+    global_step: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0
+    reference_loss: float | None = None
+
+
+def trajectory_settings(config: object) -> dict[str, Any]:
+    """The config values that a resumed run must share with the original one."""
+    return {name: getattr(config, name, None) for name in TRAJECTORY_FIELDS}
+
+
+def changed_settings(
+    payload: dict[str, Any], config: object, num_processes: int
+) -> dict[str, tuple[Any, Any]]:
+    """Settings that differ between a checkpoint's payload and the current run, as ``{name: (old, new)}``."""
+    changed = {
+        name: (old, getattr(config, name, None))
+        for name, old in payload.get("config", {}).items()
+        if old != getattr(config, name, None)
+    }
+    if payload.get("num_processes", num_processes) != num_processes:
+        changed["num_processes"] = (payload["num_processes"], num_processes)
+    return changed
+
+
+def resume_command(argv: Sequence[str] | None = None) -> str:
+    """The current command line with ``--resume`` appended (for the message after a stop)."""
+    args = list(sys.argv if argv is None else argv)
+    if "--resume" not in args:
+        args.append("--resume")
+    return shlex.join(args)
