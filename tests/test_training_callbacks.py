@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
 from transformers import Trainer, TrainingArguments, default_data_collator
 
 import peftkit
-from peftkit.training import PeftkitTrainerCallback
+from peftkit.training import PeftkitTrainerCallback, reset_accelerate_state
 from tests.tiny_models import make_batch, make_model
 
 
 @pytest.fixture(autouse=True)
 def fresh_accelerate_state():
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate_state()
     yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate_state()
 
 
 def dataset(n: int = 20) -> list[dict[str, torch.Tensor]]:

@@ -7,7 +7,6 @@ import json
 import accelerate.accelerator
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
 from torch.utils.data import DataLoader
 
 import peftkit
@@ -18,6 +17,7 @@ from peftkit.training import (
     build_accelerator,
     checkpoint_dir_size,
     find_latest_checkpoint,
+    reset_accelerate_state,
     train,
 )
 from peftkit.training.checkpoint import STATE_FILE
@@ -26,11 +26,9 @@ from tests.tiny_models import make_batch, make_model
 
 @pytest.fixture(autouse=True)
 def fresh_accelerate_state():
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate_state()
     yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate_state()
 
 
 def loader(n: int = 16) -> DataLoader:
@@ -44,8 +42,7 @@ def wrapped() -> torch.nn.Module:
 
 
 def fit(tmp_path, **overrides):
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate_state()
     config = TrainConfig(output_dir=str(tmp_path), **{"epochs": 1, "batch_size": 4, **overrides})
     return train(wrapped(), loader(), config, accelerator=build_accelerator(config))
 

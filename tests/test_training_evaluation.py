@@ -4,22 +4,19 @@ from __future__ import annotations
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
 from torch.utils.data import DataLoader
 
 import peftkit
 from peftkit.config import TrainConfig
-from peftkit.training import build_accelerator, concat_padded, evaluate, train
+from peftkit.training import build_accelerator, concat_padded, evaluate, reset_accelerate_state, train
 from tests.tiny_models import make_batch, make_model
 
 
 @pytest.fixture(autouse=True)
 def fresh_accelerate_state():
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate_state()
     yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate_state()
 
 
 def pad_collate(items):

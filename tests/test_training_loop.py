@@ -8,24 +8,27 @@ import signal
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
 from torch.utils.data import DataLoader
 
 import peftkit
 from peftkit.config import TrainConfig
 from peftkit.errors import ConfigError, TrainingError
-from peftkit.training import build_accelerator, find_latest_checkpoint, planned_optimizer_steps, train
+from peftkit.training import (
+    build_accelerator,
+    find_latest_checkpoint,
+    planned_optimizer_steps,
+    reset_accelerate_state,
+    train,
+)
 from tests.tiny_models import make_batch, make_model
 
 
 @pytest.fixture(autouse=True)
 def fresh_accelerate_state():
     """Accelerate keeps process-wide singletons; every run in these tests starts from scratch."""
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate_state()
     yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate_state()
 
 
 def samples(family: str = "bert", n: int = 24, seq: int = 8, seed: int = 1) -> list[dict[str, torch.Tensor]]:
@@ -53,8 +56,7 @@ def trainable(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def run(tmp_path, name: str, *, data=None, model=None, collate_fn=None, shuffle=True, **overrides):
     """One train() call with a fresh Accelerate state; returns (model, result)."""
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate_state()
     settings = {"epochs": 2, "batch_size": 4, "lr": 5e-3, "log_every": 1, "seed": 7, **overrides}
     config = TrainConfig(output_dir=str(tmp_path / name), **settings)
     model = model if model is not None else wrapped()
