@@ -103,17 +103,24 @@ def outputs(out: Path, mode: str) -> list[tuple[dict, dict[str, torch.Tensor]]]:
     ]
 
 
-@pytest.fixture
-def script(tmp_path) -> Path:
-    path = tmp_path / "two_process_train.py"
+@pytest.fixture(scope="module")
+def script(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("launch") / "two_process_train.py"
     path.write_text(SCRIPT)
     return path
 
 
-def test_two_processes_train_in_sync_and_evaluate_each_sample_once(tmp_path, script):
-    proc = launch(script, tmp_path / "full", "full")
+@pytest.fixture(scope="module")
+def full_run(script) -> Path:
+    """One uninterrupted two-process run, shared by the tests of this module."""
+    out = script.parent / "full"
+    proc = launch(script, out, "full")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    (info0, weights0), (info1, weights1) = outputs(tmp_path / "full", "full")
+    return out
+
+
+def test_two_processes_train_in_sync_and_evaluate_each_sample_once(full_run):
+    (info0, weights0), (info1, weights1) = outputs(full_run, "full")
     # 14 samples in batches of 2 on 2 processes: 4 batches per process and epoch -> 8 steps.
     assert info0["step"] == info1["step"] == 8
     assert info0["eval"]["ids"] == info1["eval"]["ids"] == list(range(7))  # no duplicate, no loss
@@ -124,10 +131,8 @@ def test_two_processes_train_in_sync_and_evaluate_each_sample_once(tmp_path, scr
 
 
 @pytest.mark.slow
-def test_two_processes_stop_together_on_one_signal_and_resume_exactly(tmp_path, script):
+def test_two_processes_stop_together_on_one_signal_and_resume_exactly(tmp_path, script, full_run):
     out = tmp_path / "run"
-    full = launch(script, tmp_path / "full", "full")
-    assert full.returncode == 0, full.stderr[-3000:]
     stopped = launch(script, out, "stop")
     assert stopped.returncode != 0  # 143: stopped by SIGTERM, after saving
     (s0, _), (s1, _) = outputs(out, "stop")
@@ -135,7 +140,7 @@ def test_two_processes_stop_together_on_one_signal_and_resume_exactly(tmp_path, 
     assert "--resume" in stopped.stderr
     resumed = launch(script, out, "resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    reference = outputs(tmp_path / "full", "full")[0][1]
+    reference = outputs(full_run, "full")[0][1]
     for _, weights in outputs(out, "resume"):
         for name, value in weights.items():
             torch.testing.assert_close(value, reference[name], rtol=0, atol=1e-6)
