@@ -164,9 +164,10 @@ def load_yaml_config(cls: type, path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path; UnicodeDecodeError: not UTF-8 text
+        reason = (exc.strerror if isinstance(exc, OSError) else None) or exc
         raise ConfigError(
-            f"Cannot read config file {str(path)!r}: {exc.strerror or exc}. Check the path."
+            f"Cannot read config file {str(path)!r}: {reason}. Check the path (a UTF-8 YAML file)."
         ) from None
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -180,6 +181,8 @@ def load_yaml_config(cls: type, path: str | Path) -> dict[str, Any]:
         ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML: {exc}.") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid YAML: lists or mappings nested too deeply.") from None
     if data is None:
         return {}
     if not isinstance(data, dict) or not isinstance(root, yaml.MappingNode):
