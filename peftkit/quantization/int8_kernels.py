@@ -154,14 +154,64 @@ def pack_weight(cb: torch.Tensor, scb: torch.Tensor) -> PackedWeight:
     return _pack_codes(cb.detach(), (scb.detach().float() / 127.0).contiguous(), weight_key(cb, scb))
 
 
+@functools.cache
+def _offsets(k: int, zero_point: int) -> torch.Tensor:
+    # A (K,) vector broadcasts along the inner dimension, which torch's addcmul vectorises well
+    # (a scalar or (M, 1) input tensor makes it several times slower).
+    return torch.full((k,), zero_point + 0.5)
+
+
+class _LastInput(threading.local):
+    """The previous call's quantised input, reused when the same tensor feeds the next layer."""
+
+    def __init__(self) -> None:
+        self.ref: weakref.ref | None = None
+        self.key: tuple = ()
+        self.value: QuantizedInput | None = None
+
+
+_LAST = _LastInput()
+
+
+class _Workspace(threading.local):
+    """Per-thread scratch buffers, grown as needed and reused across calls.
+
+    Fresh multi-megabyte temporaries at every call would mostly cost page faults (glibc maps large
+    blocks anew and returns them to the OS on free); reusing them makes quantisation cheap.
+    """
+
+    def __init__(self) -> None:
+        self.buffers: dict[tuple[str, torch.dtype], torch.Tensor] = {}
+
+    def get(self, tag: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        numel = 1
+        for size in shape:
+            numel *= size
+        buffer = self.buffers.get((tag, dtype))
+        if buffer is None or buffer.numel() < numel:
+            buffer = torch.empty(numel, dtype=dtype)
+            self.buffers[(tag, dtype)] = buffer
+        return buffer[:numel].view(shape)
+
+
+_WORKSPACE = _Workspace()
+
+
+def clear_workspace() -> None:
+    """Free this thread's scratch buffers (they are rebuilt on the next fast call)."""
+    _WORKSPACE.buffers.clear()
+
+
 def quantize_input(x2: torch.Tensor, zero_point: int, threshold: float = 0.0) -> QuantizedInput:
     """Quantise a ``(M, K)`` float32 matrix per row (token) to uint8 codes around ``zero_point``.
 
     Columns holding a value with ``|x| >= threshold`` (if ``threshold > 0``) are left out of the
-    codes (set to the zero point) and returned as fp32 outliers, as in LLM.int8().
+    codes (set to the zero point) and returned as fp32 outliers, as in LLM.int8(). The codes
+    live in a per-thread scratch buffer: valid until the next call on the same thread.
     """
+    _LAST.ref, _LAST.value = None, None  # the codes buffer is about to change under any cached value
     levels = zero_point - 1
-    magnitude = x2.abs()
+    magnitude = torch.abs(x2, out=_WORKSPACE.get("magnitude", x2.shape, torch.float32))
     outlier_cols = outliers = None
     if threshold > 0:
         outlier_cols = torch.nonzero(magnitude.amax(0) >= threshold).view(-1)
@@ -170,15 +220,17 @@ def quantize_input(x2: torch.Tensor, zero_point: int, threshold: float = 0.0) ->
             magnitude.index_fill_(1, outlier_cols, 0.0)
         else:
             outlier_cols = None
-    absmax = magnitude.amax(1, keepdim=True).clamp_min_(_TINY)
+    absmax = magnitude.amax(1, keepdim=True)
+    absmax.clamp_min_(_TINY)
     # value * levels / absmax lies in [-levels, levels]; + zero_point + 0.5 then truncation rounds to
     # the nearest code in [1, 2 * zero_point - 1]. float -> int8 (-> int16 for 8-bit codes) is much
     # faster than float -> uint8 in torch's CPU kernels; the bytes are then read as uint8.
-    shifted = x2.mul(levels / absmax).add_(zero_point + 0.5)
+    shifted = torch.addcmul(_offsets(x2.shape[1], zero_point), x2, levels / absmax, out=magnitude)
     if zero_point < 128:
-        codes = shifted.to(torch.int8).view(torch.uint8)
+        codes = _WORKSPACE.get("codes", x2.shape, torch.int8).copy_(shifted).view(torch.uint8)
     else:
-        codes = shifted.to(torch.int16).to(torch.uint8)
+        codes = _WORKSPACE.get("codes16", x2.shape, torch.int16).copy_(shifted)
+        codes = _WORKSPACE.get("codes", x2.shape, torch.uint8).copy_(codes)
     if outlier_cols is not None:
         codes.index_fill_(1, outlier_cols, zero_point)
     return QuantizedInput(codes, absmax.div_(levels), zero_point, outlier_cols, outliers)
@@ -203,18 +255,6 @@ def int8_linear(
     return out
 
 
-class _LastInput(threading.local):
-    """The previous call's quantised input, reused when the same tensor feeds the next layer."""
-
-    def __init__(self) -> None:
-        self.ref: weakref.ref | None = None
-        self.key: tuple = ()
-        self.value: QuantizedInput | None = None
-
-
-_LAST = _LastInput()
-
-
 def quantize_shared(x: torch.Tensor, x2: torch.Tensor, zero_point: int, threshold: float) -> QuantizedInput:
     """:func:`quantize_input`, reusing the last result when ``x`` is the very tensor quantised last.
 
@@ -235,5 +275,6 @@ def quantize_shared(x: torch.Tensor, x2: torch.Tensor, zero_point: int, threshol
 
 
 def clear_shared() -> None:
-    """Forget the cached quantised input of this thread."""
+    """Forget this thread's cached quantised input and scratch buffers."""
     _LAST.ref, _LAST.key, _LAST.value = None, (), None
+    clear_workspace()
