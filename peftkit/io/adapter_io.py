@@ -29,6 +29,7 @@ from peftkit.errors import (
     BaseModelMismatchError,
     InvalidOptionError,
     NotWrappedError,
+    UnknownMethodError,
 )
 from peftkit.io.files import MERGED_ADAPTERS_ATTR, WEIGHTS_FILE
 from peftkit.io.fingerprint import base_fingerprint, describe_fingerprint, fingerprints_match, mismatch_reason
@@ -151,7 +152,10 @@ def load_adapter(
 
     """
     files = read_adapter_dir(path)
-    spec = get_method(files.method, plugin_hint=files.plugin)
+    try:
+        spec = get_method(files.method, plugin_hint=files.plugin)
+    except UnknownMethodError as exc:
+        raise UnknownMethodError(f"Cannot load the adapter in {str(files.path)!r}: {exc}") from None
     inner = unwrap_model(model)
     _check_not_foreign(inner)
     _check_base(inner, files, strict)

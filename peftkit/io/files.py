@@ -182,6 +182,8 @@ def read_json(path: Path) -> dict[str, Any]:
             f"{str(path)!r} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); the file is "
             "corrupted or was truncated. Re-save the adapter."
         ) from None
+    except RecursionError:
+        raise AdapterFileError(f"{str(path)!r} is not an adapter config: it is nested too deeply.") from None
     if not isinstance(obj, dict):
         raise AdapterFileError(f"{str(path)!r} must hold a JSON object, found {type(obj).__name__}.")
     return obj
@@ -212,7 +214,7 @@ def check_safetensors_header(path: Path, data: bytes) -> dict[str, dict[str, Any
         )
     try:
         header = json.loads(data[8 : 8 + header_len].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise AdapterFileError(
             f"{where} is corrupted: its safetensors header is not valid JSON ({exc}). Re-save the adapter."
         ) from None

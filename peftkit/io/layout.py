@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from peftkit.errors import AdapterFileError
+from peftkit.errors import AdapterFileError, InvalidOptionError, UnknownMethodError
 from peftkit.io.files import (
     CONFIG_FILE,
     META_FILE,
@@ -38,6 +38,7 @@ from peftkit.io.files import (
     tensors_to_bytes,
 )
 from peftkit.io.peft_format import PEFT_TYPE_TO_METHOD, options_from_peft_config
+from peftkit.registry import get_method
 from peftkit.state import PEFT_KEY_PREFIX
 
 logger = logging.getLogger(__name__)
@@ -207,6 +208,7 @@ def read_adapter_dir(path: str | os.PathLike[str]) -> AdapterFiles:
         )
     meta = read_json(directory / META_FILE) if (directory / META_FILE).exists() else {}
     _check_format_version(directory, meta)
+    _check_json_types(directory, peft_config, meta)
     weights_path = directory / WEIGHTS_FILE
     if not weights_path.exists() and (directory / "adapter_model.bin").exists():
         raise AdapterFileError(
@@ -216,7 +218,9 @@ def read_adapter_dir(path: str | os.PathLike[str]) -> AdapterFiles:
     checksum = (meta.get("files") or {}).get(WEIGHTS_FILE, {}).get("sha256")
     tensors = read_safetensors(weights_path, expected_sha256=checksum)
     files = AdapterFiles(path=directory, peft_config=peft_config, meta=meta, tensors=tensors)
+    _check_derived(files)
     _check_tensors(files)
+    _check_options(files)
     return files
 
 
@@ -251,6 +255,90 @@ def _check_format_version(directory: Path, meta: dict[str, Any]) -> None:
             f"reads up to {FORMAT_VERSION}, written by peftkit {meta.get('peftkit_version', '?')}). "
             "Upgrade peftkit: pip install -U peftkit."
         )
+
+
+def _is_str_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _files_ok(value: Any) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(entry, dict) and isinstance(entry.get("sha256", ""), str) for entry in value.values()
+    )
+
+
+def _heads_ok(value: Any) -> bool:
+    if not isinstance(value, dict) or not _is_str_list(value.get("modules", [])):
+        return False
+    labels = value.get("id2label")
+    labels_ok = labels is None or (
+        isinstance(labels, dict)
+        and all(k.lstrip("-").isdigit() and isinstance(v, str) for k, v in labels.items())
+    )
+    return labels_ok and (value.get("num_labels") is None or _is_int(value["num_labels"]))
+
+
+#: Shapes of the fields peftkit reads from its JSON files (a field may be absent).
+_META_FIELDS: dict[str, tuple[Any, str]] = {
+    "method": (lambda v: isinstance(v, str) and bool(v), "a method name"),
+    "plugin": (lambda v: v is None or isinstance(v, str), "a package name or null"),
+    "options": (lambda v: isinstance(v, dict), "a mapping of options"),
+    "targets": (_is_str_list, "a list of module names"),
+    "base": (lambda v: v is None or isinstance(v, dict), "a fingerprint mapping or null"),
+    "files": (_files_ok, "a mapping of file name -> {sha256: ...}"),
+    "heads": (_heads_ok, "a mapping with modules (names), num_labels (integer), id2label (index -> label)"),
+}
+_PEFT_FIELDS: dict[str, tuple[Any, str]] = {
+    "peft_type": (lambda v: isinstance(v, str), "a string such as 'LORA'"),
+    "rank_pattern": (lambda v: v is None or isinstance(v, dict), "a mapping or null"),
+    "target_modules": (lambda v: v is None or isinstance(v, str) or _is_str_list(v), "module names"),
+}
+
+
+def _check_json_types(directory: Path, peft_config: dict[str, Any], meta: dict[str, Any]) -> None:
+    """Refuse JSON files whose fields have the wrong shape, naming the file and the field."""
+    for name, obj, fields in ((CONFIG_FILE, peft_config, _PEFT_FIELDS), (META_FILE, meta, _META_FIELDS)):
+        for key, (valid, expected) in fields.items():
+            if key in obj and not valid(obj[key]):
+                raise AdapterFileError(
+                    f"{str(directory / name)!r}: {key!r} must be {expected}, got {obj[key]!r}; the file is "
+                    "corrupted or was edited by hand. Re-save the adapter."
+                )
+
+
+def _check_derived(files: AdapterFiles) -> None:
+    """Compute what loading reads from the configs, so that junk fails here and names the directory."""
+    try:
+        files.targets, files.heads, files.options  # noqa: B018
+    except AdapterFileError:
+        raise
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:
+        raise AdapterFileError(
+            f"{str(files.path)!r}: the options in {CONFIG_FILE} cannot be read ({type(exc).__name__}: {exc}); the "
+            "file is corrupted. Re-save the adapter."
+        ) from None
+
+
+def _check_options(files: AdapterFiles) -> None:
+    """The recorded options must build the method's config (what load, merge and inspect rely on)."""
+    try:
+        spec = get_method(files.method)
+    except UnknownMethodError:
+        return  # plugin not installed: load_adapter names the package, inspect still describes the files
+    try:
+        spec.config_cls.from_options(
+            {**files.options, "target_modules": files.targets, "head_modules": files.heads}
+        )
+    except InvalidOptionError as exc:
+        raise AdapterFileError(
+            f"The options recorded in {str(files.path)!r} are not valid for method {spec.name!r} in this version "
+            f"({exc}). The adapter was saved by peftkit {files.meta.get('peftkit_version', '?')} (or by peft); "
+            "load it with that version, or re-save it."
+        ) from None
 
 
 def _check_tensors(files: AdapterFiles) -> None:
