@@ -93,3 +93,31 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str:
     """Return ``" Did you mean 'x'?"`` for the closest candidate, or an empty string."""
     best = closest(name, candidates)
     return f" Did you mean {best!r}?" if best else ""
+
+
+class _WriteErrorMixin(OSError):
+    """An :class:`OSError` (keeping ``errno`` / ``filename``) whose message is peftkit's own."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+    @classmethod
+    def wrap(cls, message: str, cause: OSError) -> _WriteErrorMixin:
+        """Build the error from ``message``, copying ``errno``, ``strerror`` and ``filename`` of ``cause``."""
+        error = cls(message)
+        error.errno, error.strerror, error.filename = cause.errno, cause.strerror, cause.filename
+        return error
+
+
+class AdapterWriteError(_WriteErrorMixin, AdapterFileError):
+    """Saving an adapter failed (no space left, read-only, permissions); the previous adapter is intact.
+
+    Also an :class:`OSError` with the original ``errno``, so ``except OSError`` keeps working.
+    """
+
+
+class CheckpointWriteError(_WriteErrorMixin, TrainingError):
+    """Writing a training checkpoint failed (no space left, ...); the previous checkpoints are intact.
+
+    Also an :class:`OSError` with the original ``errno``.
+    """

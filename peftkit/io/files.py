@@ -7,22 +7,28 @@ configs from JSON.
 Atomic write protocol (:func:`atomic_write_dir`)::
 
     parent/.NAME.tmp-XXXX/   <- every file written and fsync'ed here first
-    parent/NAME              <- old adapter moved aside to parent/.NAME.old-XXXX,
-                                the temp dir renamed into place (os.replace), old copy deleted
+    parent/NAME              <- Linux: swapped with the temp dir in one renameat2(RENAME_EXCHANGE),
+                                the old adapter (now in the temp dir) deleted; elsewhere: old adapter
+                                moved aside to parent/.NAME.old-XXXX, temp dir renamed into place
 
-An existing adapter is only touched once the new one is complete on disk; an exception at any
-point removes the temp dir and leaves the old adapter as it was.
+An existing adapter is only touched once the new one is complete on disk; an exception (or a
+``kill -9``) at any point leaves either the old or the new adapter at ``NAME``, never a mix or
+nothing. A failed write (no space left, ...) raises :class:`~peftkit.errors.AdapterWriteError`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import functools
 import hashlib
 import json
 import logging
 import math
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,7 +38,7 @@ import torch
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 
-from peftkit.errors import AdapterFileError
+from peftkit.errors import AdapterFileError, AdapterWriteError, PeftkitError
 
 logger = logging.getLogger(__name__)
 
@@ -121,26 +127,67 @@ def atomic_write_dir(path: str | os.PathLike[str], files: Mapping[str, bytes]) -
         raise AdapterFileError(
             f"Cannot save the adapter to {str(target)!r}: it is a file. Pass a directory path (it is created)."
         )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if target.is_dir() and any(entry.name not in ADAPTER_FILES for entry in target.iterdir()):
-        return _replace_files_in_place(target, files)
+    existed = target.exists()
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_dir() and any(entry.name not in ADAPTER_FILES for entry in target.iterdir()):
+            return _replace_files_in_place(target, files)
+        _write_and_publish(target, files)
+    except OSError as exc:
+        if isinstance(exc, PeftkitError):
+            raise
+        kept = "the previous adapter there is intact" if existed else "no partial adapter was left there"
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise AdapterWriteError.wrap(
+            f"Cannot save the adapter to {str(target)!r}: {exc.strerror or exc}{where}. Nothing was changed: "
+            f"{kept}. Free some disk space (or fix the permissions) and save again, or save elsewhere.",
+            exc,
+        ) from exc
+    return target
+
+
+def _write_and_publish(target: Path, files: Mapping[str, bytes]) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         for name, data in files.items():
             write_file(tmp / name, data)
         _fsync_dir(tmp)
-        if target.exists():
+        if not target.exists():
+            os.replace(tmp, target)
+        elif not _exchange(
+            tmp, target
+        ):  # no atomic swap here: two renames (a crash between them is reported)
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
             os.replace(target, old)  # onto an empty dir: allowed by POSIX rename
             os.replace(tmp, target)
             shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
         _fsync_dir(target.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # the temp dir, or after a swap the old adapter
+
+
+@functools.cache
+def _renameat2() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    function = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)  # glibc >= 2.28
+    if function is not None:
+        function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return function
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``); ``False`` if unsupported."""
+    function = _renameat2()
+    if function is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if function(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EXDEV):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
 
 
 def _replace_files_in_place(target: Path, files: Mapping[str, bytes]) -> Path:

@@ -38,7 +38,7 @@ from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from peftkit.errors import TrainingError
+from peftkit.errors import CheckpointWriteError, PeftkitError, TrainingError
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +108,21 @@ def frozen_fingerprint(model: nn.Module) -> str:
         digest.update(f"{name}|{data.dtype}|{tuple(tensor.shape)}".encode())
         digest.update(data.view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def _damaged_file(path: Path) -> str | None:
+    """Name of the first file of checkpoint ``path`` that does not load safely (tensors only), if any."""
+    from accelerate.utils.other import load as safe_load  # torch.load(weights_only=True) + numpy RNG types
+
+    for file in sorted(path.iterdir()):
+        try:
+            if file.suffix == ".safetensors":
+                load_file(str(file))
+            elif file.suffix in (".bin", ".pkl", ".pt"):
+                safe_load(file, map_location="cpu")
+        except Exception:
+            return file.name
+    return None
 
 
 class CheckpointManager:
@@ -193,9 +208,23 @@ class CheckpointManager:
                     os.fsync(handle.fileno())
                 self._publish(tmp, final)
                 self._prune()
-        except BaseException:
+        except BaseException as exc:
             if acc.is_main_process:
                 shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, OSError) and not isinstance(exc, PeftkitError):
+                latest = self.latest()
+                kept = (
+                    f"the last complete checkpoint, {latest}, is intact"
+                    if latest
+                    else "no checkpoint was kept"
+                )
+                raise CheckpointWriteError.wrap(
+                    f"Cannot write checkpoint {final}: {exc.strerror or exc}"
+                    f"{f' ({exc.filename})' if exc.filename else ''}. Nothing partial was left and {kept}. Free "
+                    "some disk space (or lower --keep-checkpoints, or use another --output-dir), then rerun with "
+                    "--resume.",
+                    exc,
+                ) from exc
             raise
         acc.wait_for_everyone()
         return final
@@ -267,10 +296,21 @@ class CheckpointManager:
                     "resumed: resume with the same --model-path, method and options as the original run, "
                     "or start a new run in another --output-dir."
                 )
-        with self._load_hook(payload.get("model_format") == "trainable_only"):
-            self.accelerator.load_state(str(path))
-        method_file = path / METHOD_STATE_FILE
-        tensors = load_file(str(method_file)) if method_file.is_file() else {}
+        try:
+            with self._load_hook(payload.get("model_format") == "trainable_only"):
+                self.accelerator.load_state(str(path))
+            method_file = path / METHOD_STATE_FILE
+            tensors = load_file(str(method_file)) if method_file.is_file() else {}
+        except TrainingError:
+            raise
+        except Exception as exc:  # unpickling refused (weights_only), truncated or foreign files
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise TrainingError(
+                f"Checkpoint {path} cannot be loaded: {_damaged_file(path) or 'a file'} in it is damaged or holds "
+                f"objects other than tensors ({type(exc).__name__}: {reason}). peftkit never unpickles arbitrary "
+                "objects. Resume from an older checkpoint (--resume-from <output_dir>/checkpoints/step-<N>) or "
+                "start over."
+            ) from exc
         return payload, tensors
 
     @contextlib.contextmanager
