@@ -94,6 +94,8 @@ def fast_path_blocker(layer: nn.Module, x: torch.Tensor) -> str | None:
         return f"input dtype {x.dtype}"
     if x.numel() == 0:
         return "empty input"
+    if x.shape[-1] != layer.in_features:
+        return "input width mismatch"  # bitsandbytes raises its own shape error
     weight = layer.weight
     codes = layer.state.CB if layer.state.CB is not None else getattr(weight, "CB", None)
     if codes is None or weight.dtype != torch.int8:

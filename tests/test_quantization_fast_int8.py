@@ -1,0 +1,213 @@
+"""The fast int8 CPU inference path: exactness of the integer GEMM, error bounds vs fp32, fallbacks."""
+
+from __future__ import annotations
+
+import bitsandbytes as bnb
+import pytest
+import torch
+from torch import nn
+from torch.testing import assert_close
+
+from peftkit.errors import QuantizationError
+from peftkit.quantization import describe_int8_paths, enable_fast_int8, quantized_linear_bytes
+from peftkit.quantization.int8_kernels import activation_zero_point
+
+pytestmark = pytest.mark.skipif(activation_zero_point() is None, reason="oneDNN int8 kernels unavailable")
+
+
+def int8_layer(in_features: int, out_features: int, threshold: float = 0.0, seed: int = 0):
+    """``(fp32 nn.Linear, the same weights as a CPU bnb.nn.Linear8bitLt)``."""
+    torch.manual_seed(seed)
+    linear = nn.Linear(in_features, out_features)
+    layer = bnb.nn.Linear8bitLt(in_features, out_features, has_fp16_weights=False, threshold=threshold)
+    layer.load_state_dict(linear.state_dict())
+    layer = layer.to("cpu")  # quantises
+    assert layer.weight.dtype == torch.int8
+    return linear, layer
+
+
+def codes_and_scales(layer) -> tuple[torch.Tensor, torch.Tensor]:
+    state = layer.state
+    cb = state.CB if state.CB is not None else layer.weight.CB
+    scb = state.SCB if state.SCB is not None else layer.weight.SCB
+    return cb.double(), scb.double()
+
+
+def error_bound(x: torch.Tensor, layer, threshold: float) -> torch.Tensor:
+    """Worst-case |fast - fp32| per output element.
+
+    Weights are rounded to the nearest of 127 steps of SCB/127 per row (error <= SCB/254 each);
+    activations to the nearest of ``levels`` steps of the row's absmax per token (error <= half a
+    step), except outlier columns (|x| >= threshold somewhere), which stay exact.
+    """
+    levels = activation_zero_point() - 1
+    cb, scb = codes_and_scales(layer)
+    x2 = x.reshape(-1, x.shape[-1]).double()
+    w = cb * (scb / 127).unsqueeze(1)
+    normal = torch.ones(x2.shape[1], dtype=torch.bool)
+    if threshold > 0:
+        normal = x2.abs().amax(0) < threshold
+    step = (x2.abs() * normal).amax(1, keepdim=True) / levels
+    weight_part = x2.abs() @ (scb / 254).expand(w.shape[1], -1)
+    activation_part = (step / 2) * (w.abs() * normal).sum(1)
+    bound = weight_part + activation_part
+    return (bound * 1.001 + 1e-5).reshape(*x.shape[:-1], -1)
+
+
+def fast(layer):
+    return enable_fast_int8(nn.Sequential(layer))[0].eval()
+
+
+SHAPES = [(1, 40, 24), (7, 40, 24), (33, 64, 96), (5, 37, 19), (128, 32, 48)]
+
+
+@pytest.mark.parametrize(("rows", "in_features", "out_features"), SHAPES)
+def test_integer_gemm_is_exact_on_grid_inputs(rows: int, in_features: int, out_features: int) -> None:
+    # Inputs already on the per-token code grid: quantisation is lossless, so the fast path must
+    # return exactly sum(codes * CB) * scales + bias, up to float32 rounding.
+    _, layer = int8_layer(in_features, out_features)
+    levels = activation_zero_point() - 1
+    generator = torch.Generator().manual_seed(1)
+    codes = torch.randint(-levels, levels + 1, (rows, in_features), generator=generator).double()
+    codes[:, 0] = levels  # every row reaches the absmax
+    row_scale = 2.0 ** torch.randint(-4, 3, (rows, 1), generator=generator).double()
+    x = (codes * row_scale).float()
+    cb, scb = codes_and_scales(layer)
+    expected = (codes @ cb.t()) * row_scale * (scb / 127) + layer.bias.double()
+    with torch.inference_mode():
+        got = fast(layer)(x)
+    assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(6, 40), (2, 5, 40), (3, 1, 4, 40), (1, 40)])
+@pytest.mark.parametrize("threshold", [0.0, 6.0])
+def test_fast_path_within_the_quantisation_error_bound(shape: tuple[int, ...], threshold: float) -> None:
+    linear, layer = int8_layer(40, 24, threshold=threshold)
+    generator = torch.Generator().manual_seed(2)
+    x = torch.randn(*shape, generator=generator)
+    x[..., 3] *= 12  # an outlier feature, as in real transformer activations
+    with torch.inference_mode():
+        reference = linear(x)
+        got = fast(layer)(x)
+    assert got.shape == reference.shape == (*shape[:-1], 24)
+    excess = (got - reference).abs().double() - error_bound(x, layer, threshold)
+    assert excess.max() <= 0, f"error exceeds the bound by {excess.max().item():.3g}"
+
+
+def test_outlier_columns_are_exact_when_decomposed() -> None:
+    linear, layer = int8_layer(32, 16, threshold=6.0)
+    x = torch.zeros(4, 32)
+    x[:, 5] = torch.tensor([50.0, -80.0, 9.0, 7.5])  # only outliers: the int8 part contributes nothing
+    cb, scb = codes_and_scales(layer)
+    expected = x.double() @ (cb * (scb / 127).unsqueeze(1)).t() + layer.bias.double()
+    with torch.inference_mode():
+        got = fast(layer)(x)
+    assert_close(got.double(), expected, rtol=1e-6, atol=1e-5)
+
+
+def test_zero_and_empty_inputs() -> None:
+    _, layer = int8_layer(16, 8)
+    layer = fast(layer)
+    with torch.inference_mode():
+        assert_close(layer(torch.zeros(3, 16)), layer.bias.expand(3, 8))
+        assert layer(torch.zeros(0, 16)).shape == (0, 8)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_inputs_give_outputs_of_the_same_dtype(dtype: torch.dtype) -> None:
+    linear, layer = int8_layer(32, 16)
+    x = torch.randn(5, 32)
+    with torch.inference_mode():
+        got = fast(layer)(x.to(dtype))
+        reference = linear(x)
+    assert got.dtype == dtype
+    assert_close(got.float(), reference, rtol=0.05, atol=0.05)
+
+
+def test_shared_input_is_quantised_once_and_invalidated_by_in_place_changes() -> None:
+    _, first = int8_layer(32, 16, seed=0)
+    _, second = int8_layer(32, 16, seed=1)
+    first, second = fast(first), fast(second)
+    x = torch.randn(6, 32)
+    with torch.no_grad():
+        first(x)
+        x.mul_(3.0)  # version bump: the cached codes of x are stale now
+        got = second(x)
+        expected = second(x.clone())
+    assert_close(got, expected)
+
+
+def test_training_and_autograd_fall_back_to_bitsandbytes() -> None:
+    _, layer = int8_layer(32, 16)
+    _, plain = int8_layer(32, 16)  # same seed: same weights, stays a plain bitsandbytes layer
+    model = enable_fast_int8(nn.Sequential(layer))
+    x = torch.randn(4, 32)
+
+    model.train()
+    assert_close(model(x), plain.train()(x))  # same bitsandbytes code path, same result
+    assert describe_int8_paths(model) == {"fast_int8": 0, "bnb_fallback": 1, "idle": 0, "bnb": 0}
+
+    model.eval()
+    x.requires_grad_(True)
+    model(x).sum().backward()  # eval mode, but a gradient is wanted: bitsandbytes path
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert describe_int8_paths(model)["bnb_fallback"] == 1
+
+    with torch.no_grad():
+        model(x)
+    assert describe_int8_paths(model) == {"fast_int8": 1, "bnb_fallback": 0, "idle": 0, "bnb": 0}
+
+
+def test_enable_disable_and_describe() -> None:
+    layers = [int8_layer(32, 32, seed=i)[1] for i in range(3)]
+    model = nn.Sequential(*layers, nn.Linear(32, 4))
+    assert describe_int8_paths(model) == {"fast_int8": 0, "bnb_fallback": 0, "idle": 0, "bnb": 3}
+    assert enable_fast_int8(model) is model
+    assert all(isinstance(layer, bnb.nn.Linear8bitLt) for layer in model[:3])  # peft's dispatch still works
+    assert describe_int8_paths(model) == {"fast_int8": 0, "bnb_fallback": 0, "idle": 3, "bnb": 0}
+    with torch.inference_mode():
+        model(torch.randn(2, 32))
+    assert describe_int8_paths(model)["fast_int8"] == 3
+    assert quantized_linear_bytes(model).packed_bytes == quantized_linear_bytes(model).int8_bytes
+    enable_fast_int8(model, enabled=False)
+    assert all(type(layer) is bnb.nn.Linear8bitLt for layer in model[:3])
+    assert describe_int8_paths(model) == {"fast_int8": 0, "bnb_fallback": 0, "idle": 0, "bnb": 3}
+    assert quantized_linear_bytes(model).packed_bytes == 0
+    assert describe_int8_paths(nn.Linear(3, 3)) == {"fast_int8": 0, "bnb_fallback": 0, "idle": 0, "bnb": 0}
+
+
+def test_enable_on_a_model_without_8bit_layers_raises() -> None:
+    with pytest.raises(QuantizationError, match="load_in_8bit=True"):
+        enable_fast_int8(nn.Sequential(nn.Linear(4, 4)))
+
+
+def test_wrong_input_width_fails_like_bitsandbytes() -> None:
+    _, layer = int8_layer(32, 16)
+    with torch.inference_mode(), pytest.raises(RuntimeError):
+        fast(layer)(torch.randn(2, 31))
+
+
+def test_changed_weights_are_repacked() -> None:
+    linear, layer = int8_layer(32, 16)
+    layer = fast(layer)
+    x = torch.randn(3, 32)
+    with torch.inference_mode():
+        before = layer(x)
+    with torch.no_grad():
+        layer.state.CB.neg_()  # in place: the packed copy must notice
+    with torch.inference_mode():
+        after = layer(x)
+    assert_close(after - layer.bias, -(before - layer.bias), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_layers_use_bitsandbytes() -> None:
+    linear, _ = int8_layer(64, 32)
+    layer = bnb.nn.Linear8bitLt(64, 32, has_fp16_weights=False)
+    layer.load_state_dict(linear.state_dict())
+    model = enable_fast_int8(nn.Sequential(layer.to("cuda")))
+    x = torch.randn(8, 64, device="cuda", dtype=torch.float16)
+    with torch.inference_mode():
+        got = model(x)
+    assert describe_int8_paths(model) == {"fast_int8": 0, "bnb_fallback": 1, "idle": 0, "bnb": 0}
+    assert_close(got.float().cpu(), linear(x.float().cpu()), rtol=0.05, atol=0.05)
