@@ -144,11 +144,14 @@ class BottleneckLayer(nn.Module, BaseTunerLayer):
                 continue
             options = self.adapter_options[name]
             down = self.adapter_down[name]
-            h = hidden.to(down.weight.dtype)
+            h = hidden if hidden.dtype == down.weight.dtype else hidden.to(down.weight.dtype)
             if name in self.adapter_norm:
                 h = self.adapter_norm[name](h)
             h = self.adapter_up[name](options["dropout"](options["activation"](down(h))))
-            hidden = hidden + (options["scaling"] * h).to(hidden.dtype)
+            if h.dtype == hidden.dtype:  # one fused kernel, no separate multiply forward or backward
+                hidden = torch.add(hidden, h, alpha=options["scaling"])
+            else:
+                hidden = hidden + (options["scaling"] * h).to(hidden.dtype)
         return hidden
 
     def train(self, mode: bool = True) -> BottleneckLayer:
