@@ -69,6 +69,9 @@ class Runner:
     optimizer: torch.optim.Optimizer | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        # Put every sub-module in one mode: from_pretrained leaves the model in eval mode, while a
+        # freshly built wrapper (peft's PeftModel) reports training=True over an eval-mode model.
+        self.model.train(self.trainable)
         if self.trainable:
             self.optimizer = torch.optim.AdamW(trainable_parameters(self.model), lr=1e-5)
 
