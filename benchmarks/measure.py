@@ -107,15 +107,25 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_steps(fn: Callable[[], None], steps: int, device: str) -> float:
-    """Mean wall-clock seconds of ``steps`` calls of ``fn``."""
+def time_steps(fn: Callable[[], None], steps: int, device: str) -> tuple[float, float]:
+    """Mean wall-clock and mean process CPU seconds (all threads) of ``steps`` calls of ``fn``."""
     gc.collect()
     synchronize(device)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(steps):
         fn()
     synchronize(device)
-    return (time.perf_counter() - start) / steps
+    return (time.perf_counter() - start) / steps, (time.process_time() - cpu_start) / steps
+
+
+@dataclass
+class Samples:
+    """Per-round timings of one variant: wall-clock seconds per step (the measurement) and the
+    process CPU seconds per step (a cross-check: less sensitive to being descheduled by other
+    processes, more to threads spinning at barriers)."""
+
+    wall: list[float]
+    cpu: list[float]
 
 
 def interleaved(
@@ -126,7 +136,7 @@ def interleaved(
     steps: int,
     warmup: int,
     progress: Callable[[str], None] | None = None,
-) -> dict[str, list[float]]:
+) -> dict[str, Samples]:
     """Seconds per step of each runner, one sample per round, rounds interleaved round-robin.
 
     Args:
@@ -139,8 +149,8 @@ def interleaved(
         progress: Called with a short status line after each round.
 
     Returns:
-        ``{runner name: [seconds per step, one per round in round order]}``; entry ``i`` of two
-        lists was measured in the same round, so per-round ratios are paired.
+        ``{runner name: Samples}`` with one entry per round in round order; entry ``i`` of two
+        variants was measured in the same round, so per-round ratios are paired.
 
     """
     if kind not in ("train", "infer"):
@@ -151,11 +161,13 @@ def interleaved(
     for runner in runners:
         for _ in range(warmup):
             calls[runner.name]()
-    samples: dict[str, list[float]] = {r.name: [0.0] * repeats for r in runners}
+    samples = {r.name: Samples([0.0] * repeats, [0.0] * repeats) for r in runners}
     for round_index in range(repeats):
         offset = round_index % len(runners)
         for runner in list(runners[offset:]) + list(runners[:offset]):
-            samples[runner.name][round_index] = time_steps(calls[runner.name], steps, runner.device)
+            wall, cpu = time_steps(calls[runner.name], steps, runner.device)
+            samples[runner.name].wall[round_index] = wall
+            samples[runner.name].cpu[round_index] = cpu
         if progress is not None:
             progress(f"{kind} round {round_index + 1}/{repeats} done")
     return samples

@@ -68,7 +68,7 @@ def profile(
     batch = make_batch(batch_size, seq_len, model.config.vocab_size, 9, 0)
     for _ in range(2):
         runner.train_step(batch)
-    step_s = time_steps(lambda: runner.train_step(batch), steps, "cpu")
+    step_s, _ = time_steps(lambda: runner.train_step(batch), steps, "cpu")
     by_kind = forward_time_by_kind(runner, batch, steps)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         for _ in range(steps):

@@ -51,14 +51,14 @@ def render_markdown(result: dict[str, Any], plots: dict[str, str]) -> str:
         "",
         "## Goals",
         "",
-        "| goal | measured | target | verdict |",
-        "|---|---|---|---|",
+        "| goal | measured | target | verdict | how |",
+        "|---|---|---|---|---|",
     ]
     for data in result.get("goals", []):
         goal = goal_from_dict(data)
         value = "n/a" if goal.value is None else f"{goal.value:.3f} {goal.spread}".strip()
         mark = {"PASS": "**PASS**", "FAIL": "**FAIL**"}.get(goal.verdict, goal.verdict)
-        lines.append(f"| {goal.name} | {value} | {goal.op} {goal.target:g} | {mark} |")
+        lines.append(f"| {goal.name} | {value} | {goal.op} {goal.target:g} | {mark} | {goal.note} |")
 
     lines += ["", "## Training (forward + backward + optimizer step)", ""]
     lines += _training_table(result, labels)

@@ -131,7 +131,8 @@ def evaluate_goals(result: dict[str, Any]) -> list[Goal]:
                 "<=",
                 1.02,
                 spread=_spread(overhead["stat"]) if overhead else "",
-                note="median of per-round paired ratios (same round, interleaved)",
+                note="wall time, median of per-round paired ratios; process CPU time ratio: "
+                + (f"{overhead['cpu_stat']['median']:.3f}" if overhead else "n/a"),
             )
         )
     for shape in result["shapes"]:
@@ -220,16 +221,23 @@ def _measure_shape(
         method = runner.name.split("-", 1)[1]
         flops_method = "lora" if method == "peft-lora" else method
         shape["train"][runner.name] = {
-            "seconds": train[runner.name],
-            "tokens_per_s": summarize([batch.tokens / s for s in train[runner.name]]).to_dict(),
+            "seconds": train[runner.name].wall,
+            "cpu_seconds": train[runner.name].cpu,
+            "tokens_per_s": summarize([batch.tokens / s for s in train[runner.name].wall]).to_dict(),
             "flops_per_step": counted.get(flops_method),
             "flops_source": "counted"
             if runner.name.startswith("fp32-")
             else f"nominal (fp32-{flops_method})",
             "analytic_flops": flop_tools.analytic_train_flops(runner.model, batch_size, seq_len),
         }
-    ratios = paired_ratios(train[PEFTKIT_LORA], train[PEFT_LORA])
-    shape["peft_overhead"] = {"ratios": ratios, "stat": summarize(ratios).to_dict()}
+    ratios = paired_ratios(train[PEFTKIT_LORA].wall, train[PEFT_LORA].wall)
+    cpu_ratios = paired_ratios(train[PEFTKIT_LORA].cpu, train[PEFT_LORA].cpu)
+    shape["peft_overhead"] = {
+        "ratios": ratios,
+        "stat": summarize(ratios).to_dict(),
+        "cpu_ratios": cpu_ratios,
+        "cpu_stat": summarize(cpu_ratios).to_dict(),
+    }
 
     progress(
         f"[{label}] inference, {len(runners) + len(infer_only)} variants x {settings.repeats} rounds ..."
@@ -243,10 +251,11 @@ def _measure_shape(
         settings.warmup,
         lambda msg: progress(f"[{label}] {msg}"),
     )
-    for name, seconds in infer.items():
+    for name, samples in infer.items():
         shape["infer"][name] = {
-            "seconds": seconds,
-            "tokens_per_s": summarize([batch.tokens / s for s in seconds]).to_dict(),
+            "seconds": samples.wall,
+            "cpu_seconds": samples.cpu,
+            "tokens_per_s": summarize([batch.tokens / s for s in samples.wall]).to_dict(),
         }
     for runner in runners:  # back to training mode for the next shape
         runner.model.train()
