@@ -280,15 +280,3 @@ def _has_foreign_adapters(model: nn.Module) -> bool:
         isinstance(m, (BaseTunerLayer, AuxiliaryTrainingWrapper)) for m in unwrap_model(model).modules()
     )
 
-
-__all__ = [
-    "wrap",
-    "add_adapter",
-    "set_active",
-    "active_adapter",
-    "disable_adapters",
-    "enable_adapters",
-    "adapters_disabled",
-    "on_optimizer_step",
-    "NotWrappedError",
-]
