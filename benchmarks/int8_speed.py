@@ -104,16 +104,21 @@ def _batch(vocab_size: int, batch: int, seq_len: int) -> dict[str, torch.Tensor]
     return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
 
 
-def _interleaved(runs: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
+def _interleaved(
+    runs: dict[str, Callable[[], Any]], repeats: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall-clock and process CPU seconds of each run, ``repeats`` rounds, the first run rotating."""
     names = list(runs)
-    times: dict[str, list[float]] = {name: [] for name in names}
+    wall: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
     for round_index in range(repeats):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
-            start = time.perf_counter()
+            start_cpu, start = time.process_time(), time.perf_counter()
             runs[name]()
-            times[name].append(time.perf_counter() - start)
-    return times
+            wall[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
+    return wall, cpu
 
 
 def measure_int8_vs_fp32(
@@ -133,11 +138,13 @@ def measure_int8_vs_fp32(
     Returns:
         A JSON-friendly dict. ``speedup``: median over rounds of fp32 time / fast int8 time;
         ``speedup_q1``/``speedup_q3``: its quartiles; ``*_tokens_per_s``: median throughputs;
+        ``speedup_cpu``: the same ratio of process CPU seconds (with ``torch.set_num_threads(1)``
+        a load-independent measure of work; with more threads it counts spin-waiting too);
         ``max_abs_logit_err_*``: largest |logit - fp32 logit| (same head weights); ``stats``: per
-        variant quartiles of the seconds per forward pass.
+        variant quartiles of the wall-clock seconds per forward pass.
     """
     from peftkit.quantization import describe_int8_paths
-    from peftkit.quantization.int8_kernels import activation_zero_point
+    from peftkit.quantization.int8_kernels import activation_code_max
 
     label = model_path or ""
     if model_path is None:
@@ -161,7 +168,7 @@ def measure_int8_vs_fp32(
         for _ in range(warmup):
             for run in runs.values():
                 run()
-        times = _interleaved(runs, repeats)
+        times, cpu_times = _interleaved(runs, repeats)
     bnb_logger.setLevel(bnb_level)
 
     reference = logits["fp32"]
@@ -178,6 +185,10 @@ def measure_int8_vs_fp32(
         "speedup_q1": ratio["q1"],
         "speedup_q3": ratio["q3"],
         "speedup_best": min(times["fp32"]) / min(times["int8_fast"]),
+        # CPU seconds of this process: with one thread, the work done whatever other processes do.
+        "speedup_cpu": statistics.median(
+            fp / fast for fp, fast in zip(cpu_times["fp32"], cpu_times["int8_fast"], strict=True)
+        ),
     }
     for name, samples in times.items():
         result[f"{name}_tokens_per_s"] = tokens / statistics.median(samples)
@@ -194,8 +205,8 @@ def measure_int8_vs_fp32(
     result["argmax_agreement_fast"] = (
         (logits["int8_fast"].argmax(-1) == reference.argmax(-1)).float().mean().item()
     )
-    zero_point = activation_zero_point()
-    result["activation_bits"] = None if zero_point is None else (8 if zero_point == 128 else 7)
+    code_max = activation_code_max()
+    result["activation_bits"] = None if code_max is None else (8 if code_max == 255 else 7)
     result["paths"] = describe_int8_paths(models["int8_fast"])
     result["load_average"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     result["stats"] = {name: _quartiles(samples) for name, samples in times.items()}

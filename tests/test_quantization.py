@@ -23,14 +23,14 @@ from peftkit.quantization import (
     skip_modules,
 )
 from peftkit.quantization import loading as loading_module
-from peftkit.quantization.int8_kernels import activation_zero_point
+from peftkit.quantization.int8_kernels import activation_code_max
 from tests.tiny_models import make_batch, make_model
 
 TASK = {"bert": "token-classification", "gpt2": "sequence-classification", "llama": "causal-lm"}
 LABELS = {"bert": 5, "gpt2": 3, "llama": None}
 HEAD = {"bert": "classifier", "gpt2": "score", "llama": "lm_head"}
 LORA_TARGETS = {"bert": ["query", "value"], "gpt2": ["c_attn"], "llama": ["q_proj", "v_proj"]}
-NEEDS_FAST = pytest.mark.skipif(activation_zero_point() is None, reason="oneDNN int8 kernels unavailable")
+NEEDS_FAST = pytest.mark.skipif(activation_code_max() is None, reason="oneDNN int8 kernels unavailable")
 
 
 def load8(path: str, family: str, **kwargs):

@@ -10,9 +10,9 @@ from torch.testing import assert_close
 
 from peftkit.errors import QuantizationError
 from peftkit.quantization import describe_int8_paths, enable_fast_int8, quantized_linear_bytes
-from peftkit.quantization.int8_kernels import activation_zero_point
+from peftkit.quantization.int8_kernels import activation_code_max
 
-pytestmark = pytest.mark.skipif(activation_zero_point() is None, reason="oneDNN int8 kernels unavailable")
+pytestmark = pytest.mark.skipif(activation_code_max() is None, reason="oneDNN int8 kernels unavailable")
 
 
 def int8_layer(in_features: int, out_features: int, threshold: float = 0.0, seed: int = 0):
@@ -36,20 +36,22 @@ def codes_and_scales(layer) -> tuple[torch.Tensor, torch.Tensor]:
 def error_bound(x: torch.Tensor, layer, threshold: float) -> torch.Tensor:
     """Worst-case |fast - fp32| per output element.
 
-    Weights are rounded to the nearest of 127 steps of SCB/127 per row (error <= SCB/254 each);
-    activations to the nearest of ``levels`` steps of the row's absmax per token (error <= half a
-    step), except outlier columns (|x| >= threshold somewhere), which stay exact.
+    Weights are rounded to the nearest of 127 steps of SCB/127 per row (error <= SCB/254 each).
+    Activations are rounded per token to 255 steps over the row's min..max (outlier columns, with
+    |x| >= threshold somewhere, read as 0 there and stay exact), then halved to 7 bits where the
+    CPU needs it: error <= one 8-bit step (half a step with 8-bit codes).
     """
-    levels = activation_zero_point() - 1
     cb, scb = codes_and_scales(layer)
     x2 = x.reshape(-1, x.shape[-1]).double()
     w = cb * (scb / 127).unsqueeze(1)
     normal = torch.ones(x2.shape[1], dtype=torch.bool)
     if threshold > 0:
         normal = x2.abs().amax(0) < threshold
-    step = (x2.abs() * normal).amax(1, keepdim=True) / levels
+    coded = x2 * normal
+    step = (coded.amax(1, keepdim=True) - coded.amin(1, keepdim=True)) / 255
+    activation_error = step * (1.0 if activation_code_max() == 127 else 0.5)
     weight_part = x2.abs() @ (scb / 254).expand(w.shape[1], -1)
-    activation_part = (step / 2) * (w.abs() * normal).sum(1)
+    activation_part = activation_error * (w.abs() * normal).sum(1)
     bound = weight_part + activation_part
     return (bound * 1.001 + 1e-5).reshape(*x.shape[:-1], -1)
 
@@ -63,20 +65,22 @@ SHAPES = [(1, 40, 24), (7, 40, 24), (33, 64, 96), (5, 37, 19), (128, 32, 48)]
 
 @pytest.mark.parametrize(("rows", "in_features", "out_features"), SHAPES)
 def test_integer_gemm_is_exact_on_grid_inputs(rows: int, in_features: int, out_features: int) -> None:
-    # Inputs already on the per-token code grid: quantisation is lossless, so the fast path must
-    # return exactly sum(codes * CB) * scales + bias, up to float32 rounding.
+    # Each token row lies on its own 8-bit grid (min + j * 2**e, j = 0..255, both ends present), so
+    # the row-wise codes are exact; with 7-bit codes, j is halved and read back as 2 * (j >> 1) + 0.5.
+    # The fast path must then return exactly x_coded @ dequant(W).T + bias, up to float32 rounding.
     _, layer = int8_layer(in_features, out_features)
-    levels = activation_zero_point() - 1
     generator = torch.Generator().manual_seed(1)
-    codes = torch.randint(-levels, levels + 1, (rows, in_features), generator=generator).double()
-    codes[:, 0] = levels  # every row reaches the absmax
-    row_scale = 2.0 ** torch.randint(-4, 3, (rows, 1), generator=generator).double()
-    x = (codes * row_scale).float()
+    steps = torch.randint(0, 256, (rows, in_features), generator=generator).double()
+    steps[:, 0], steps[:, -1] = 0, 255
+    scale = 2.0 ** torch.randint(-6, 1, (rows, 1), generator=generator).double()
+    low = -scale * torch.randint(0, 256, (rows, 1), generator=generator).double()
+    x = (low + steps * scale).float()
+    coded = steps if activation_code_max() == 255 else 2 * torch.div(steps, 2, rounding_mode="floor") + 0.5
     cb, scb = codes_and_scales(layer)
-    expected = (codes @ cb.t()) * row_scale * (scb / 127) + layer.bias.double()
+    expected = (low + coded * scale) @ (cb * (scb / 127).unsqueeze(1)).t() + layer.bias.double()
     with torch.inference_mode():
         got = fast(layer)(x)
-    assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
+    assert_close(got.double(), expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
 
 
 @pytest.mark.parametrize("shape", [(6, 40), (2, 5, 40), (3, 1, 4, 40), (1, 40)])
@@ -103,6 +107,37 @@ def test_outlier_columns_are_exact_when_decomposed() -> None:
     with torch.inference_mode():
         got = fast(layer)(x)
     assert_close(got.double(), expected, rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("previous_outliers", [[], [3], [3, 7], [7, 11]])
+def test_result_depends_only_on_the_input_not_on_earlier_outliers(previous_outliers: list[int]) -> None:
+    # Each layer first tries the outlier columns of its previous input; the result must not change.
+    _, layer = int8_layer(32, 16, threshold=6.0)
+    layer = fast(layer)
+    x = torch.randn(9, 32)
+    x[:, 3] *= 10
+    before = torch.randn(5, 32)
+    before[:, previous_outliers] = 40.0
+    with torch.inference_mode():
+        expected = layer(x.clone())  # its own outliers tried first: column 3
+        layer(before)
+        got = layer(x.clone())
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode", "inference_tensor_under_no_grad"])
+def test_input_is_left_unchanged(mode: str) -> None:
+    _, layer = int8_layer(32, 16, threshold=6.0)
+    layer = fast(layer)
+    with torch.inference_mode() if mode != "no_grad" else torch.no_grad():
+        x = torch.randn(4, 32)
+        x[:, [2, 9]] *= 20
+        original = x.clone()
+    context = torch.inference_mode() if mode == "inference_mode" else torch.no_grad()
+    with context:
+        layer(x)
+        layer(x)
+    assert torch.equal(x, original)
 
 
 def test_zero_and_empty_inputs() -> None:

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from peftkit.errors import QuantizationError
+from peftkit.quantization import activations
 from peftkit.quantization import int8_kernels as kernels
 
 logger = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ FAST = "fast_int8"
 BNB = "bnb"
 _PATH_ATTR = "_peftkit_int8_path"
 _PACKED_ATTR = "_peftkit_int8_packed"
+_HINT_ATTR = "_peftkit_int8_outlier_cols"
 _logged: set[tuple[str, str]] = set()
 
 
@@ -102,7 +104,7 @@ def fast_path_blocker(layer: nn.Module, x: torch.Tensor) -> str | None:
         return "weight not quantised"
     if codes.device.type != "cpu":
         return f"weight on {codes.device.type}"
-    if kernels.activation_zero_point() is None:
+    if kernels.activation_code_max() is None:
         return "oneDNN int8 kernels unavailable"
     return None
 
@@ -113,8 +115,7 @@ def _note_path(layer: nn.Module, path: str, reason: str) -> None:
     if (path, reason) not in _logged:
         _logged.add((path, reason))
         if path == FAST:
-            zero_point = kernels.activation_zero_point()
-            bits = 8 if zero_point == 128 else 7
+            bits = 8 if kernels.activation_code_max() == 255 else 7
             logger.info(
                 "8-bit layers run the fast int8 CPU path (oneDNN, %d-bit per-token activations)", bits
             )
@@ -139,9 +140,12 @@ def _fast_forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     x2 = x.reshape(-1, x.shape[-1])
     if x2.dtype != torch.float32:
         x2 = x2.float()
-    zero_point = kernels.activation_zero_point()
-    q = kernels.quantize_shared(x, x2, zero_point, float(layer.state.threshold or 0.0))
-    out = kernels.int8_linear(q, packed, cb, scb, layer.bias)
+    threshold = float(layer.state.threshold or 0.0)
+    hint = layer.__dict__.get(_HINT_ATTR)
+    q = activations.quantize_shared(x, x2, kernels.activation_code_max(), threshold, hint)
+    if q.outlier_cols is not hint:
+        layer.__dict__[_HINT_ATTR] = q.outlier_cols
+    out = kernels.int8_linear(q, packed, cb, layer.bias)
     out = out.view(*x.shape[:-1], out.shape[-1])
     return out if out.dtype == x.dtype else out.to(x.dtype)
 
@@ -191,8 +195,8 @@ def enable_fast_int8(model: nn.Module, enabled: bool = True) -> nn.Module:
             layer.__class__ = fast_cls
         elif not enabled and type(layer) is fast_cls:
             layer.__class__ = bnb.nn.Linear8bitLt
-            layer.__dict__.pop(_PACKED_ATTR, None)
-            layer.__dict__.pop(_PATH_ATTR, None)
+            for attr in (_PACKED_ATTR, _PATH_ATTR, _HINT_ATTR):
+                layer.__dict__.pop(attr, None)
         elif enabled and type(layer) is not fast_cls:
             logger.warning(
                 "%s is a %s, not a plain bnb.nn.Linear8bitLt: left on its own forward",
@@ -200,8 +204,8 @@ def enable_fast_int8(model: nn.Module, enabled: bool = True) -> nn.Module:
                 type(layer).__name__,
             )
         count += type(layer) is fast_cls
-    kernels.clear_shared()
-    if enabled and kernels.activation_zero_point() is None:
+    activations.clear_shared()
+    if enabled and kernels.activation_code_max() is None:
         logger.warning(
             "oneDNN int8 kernels are unavailable here: the 8-bit layers will use bitsandbytes' path"
         )

@@ -1,0 +1,197 @@
+"""Dynamic per-token quantisation of activations for the fast int8 path.
+
+Each token row ``x[m]`` becomes uint8 codes ``u`` with ``x[m] ~ a[m] * u + c[m]`` (asymmetric, over the
+row's min..max). One fused, vectorised torch op (FBGEMM's row-wise 8-bit quantiser behind
+``quantized::embedding_bag_byte_prepack``) computes the row ranges and the 8-bit codes in a single
+pass; on CPUs whose int8 GEMM saturates beyond 7-bit codes they are halved (``u >> 1``), which keeps
+the rounding error within one 8-bit step, the same as rounding to 7 bits directly.
+
+Outlier columns (LLM.int8(): a feature with ``|x| >= threshold`` in any token) are excluded from
+the codes and returned in fp32. Finding them costs a pass over ``x``; instead, the columns found
+for the previous input of the same layer are tried first and *verified* (no other column reaches
+the threshold: the code ranges tell; every tried column does), so the result depends only on the
+input, never on the history. Excluding a column means zeroing it in ``x`` while the codes are
+computed and restoring it right after.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from dataclasses import dataclass
+
+import torch
+
+#: A row range must stay this much inside the threshold to prove that no value reaches it (float32
+#: round-off in the stored range must never decide whether a column is an outlier).
+_MARGIN = 1.0 - 1e-5
+
+
+@dataclass(frozen=True)
+class QuantizedInput:
+    """Activations quantised per token: ``x ~ row_scale * codes + row_offset`` outside outlier columns.
+
+    Attributes:
+        codes: ``(M, K)`` uint8 codes (0 in outlier columns).
+        row_scale: ``(M, 1)`` float32 ``a``.
+        row_offset: ``(M, 1)`` float32 ``c``.
+        outlier_cols: Indices of the columns kept in fp32 (``None`` when there are none).
+        outliers: ``(M, len(outlier_cols))`` float32 values of those columns.
+
+    """
+
+    codes: torch.Tensor
+    row_scale: torch.Tensor
+    row_offset: torch.Tensor
+    outlier_cols: torch.Tensor | None
+    outliers: torch.Tensor | None
+
+
+class _LastInput(threading.local):
+    """The previous call's quantised input, reused when the same tensor feeds the next layer."""
+
+    def __init__(self) -> None:
+        self.ref: weakref.ref | None = None
+        self.key: tuple = ()
+        self.value: QuantizedInput | None = None
+
+
+class _Workspace(threading.local):
+    """Per-thread scratch buffers, grown as needed and reused across calls.
+
+    Fresh multi-megabyte temporaries at every call would mostly cost page faults (glibc maps large
+    blocks anew and returns them to the OS on free).
+    """
+
+    def __init__(self) -> None:
+        self.buffers: dict[tuple[str, torch.dtype], torch.Tensor] = {}
+
+    def get(self, tag: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        numel = shape[0] * shape[1]
+        buffer = self.buffers.get((tag, dtype))
+        if buffer is None or buffer.numel() < numel:
+            buffer = torch.empty(numel, dtype=dtype)
+            self.buffers[(tag, dtype)] = buffer
+        return buffer[:numel].view(shape)
+
+
+_LAST = _LastInput()
+_WORKSPACE = _Workspace()
+
+
+def clear_shared() -> None:
+    """Forget this thread's cached quantised input and free its scratch buffers."""
+    _LAST.ref, _LAST.key, _LAST.value = None, (), None
+    _WORKSPACE.buffers.clear()
+
+
+def _rowwise_u8(x2: torch.Tensor, cols: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Row-wise 8-bit codes and fp32 (scale, min) of ``x2`` with columns ``cols`` read as zero.
+
+    Returns ``(packed (M, K + 8) uint8, outliers (M, len(cols)) or None)``.
+    """
+    if cols is None:
+        return torch.ops.quantized.embedding_bag_byte_prepack(x2.contiguous()), None
+    target = _writable(x2)
+    outliers = target.index_select(1, cols)
+    target.index_fill_(1, cols, 0.0)
+    try:
+        packed = torch.ops.quantized.embedding_bag_byte_prepack(target)
+    finally:
+        if target is x2:
+            x2.index_copy_(1, cols, outliers)
+    return packed, outliers
+
+
+def _outlier_columns(x2: torch.Tensor, threshold: float) -> torch.Tensor | None:
+    peak = torch.maximum(x2.amax(0), x2.amin(0).neg_())
+    cols = torch.nonzero(peak >= threshold).view(-1)
+    return cols if cols.numel() else None
+
+
+def _verified(packed: torch.Tensor, outliers: torch.Tensor | None, k: int, threshold: float) -> bool:
+    """Whether the excluded columns are exactly the outlier columns of the input."""
+    stats = packed[:, k:].contiguous().view(torch.float32)  # (M, 2): scale, min of each row
+    low, high = stats[:, 1], stats[:, 1] + 255.0 * stats[:, 0]
+    limit = threshold * _MARGIN
+    if bool((high >= limit).any()) or bool((low <= -limit).any()):
+        return False  # a column outside the tried ones may reach the threshold
+    return outliers is None or bool((outliers.abs().amax(0) >= threshold).all())
+
+
+def _writable(x2: torch.Tensor) -> torch.Tensor:
+    """``x2`` itself if columns may be zeroed and restored in place, else a private copy."""
+    if (
+        x2.is_contiguous()
+        and not x2.requires_grad
+        and (not x2.is_inference() or torch.is_inference_mode_enabled())
+    ):
+        return x2
+    return x2.contiguous().clone()
+
+
+def quantize_input(
+    x2: torch.Tensor, code_max: int, threshold: float = 0.0, hint: torch.Tensor | None = None
+) -> QuantizedInput:
+    """Quantise a ``(M, K)`` float32 matrix per row (token) to uint8 codes in ``[0, code_max]``.
+
+    Args:
+        x2: The activations (restored bit for bit if columns are zeroed in place meanwhile).
+        code_max: 255 or 127 (see :func:`peftkit.quantization.int8_kernels.activation_code_max`).
+        threshold: Outlier threshold (``0`` disables the decomposition).
+        hint: Outlier columns to try first (e.g. the previous ones of this layer).
+
+    Returns:
+        The codes (in a per-thread scratch buffer, valid until the next call on the same
+        thread), their per-row affine parameters and the outlier columns.
+
+    """
+    _LAST.ref, _LAST.value = None, None  # the scratch codes are about to change under any cached value
+    k = x2.shape[1]
+    cols = None
+    if threshold > 0:
+        cols = hint if hint is not None and hint.numel() else None
+        packed, outliers = _rowwise_u8(x2, cols)
+        if not _verified(packed, outliers, k, threshold):
+            cols = _outlier_columns(x2, threshold)
+            packed, outliers = _rowwise_u8(x2, cols)
+    else:
+        packed, outliers = _rowwise_u8(x2, None)
+    stats = packed[:, k:].contiguous().view(torch.float32)
+    scale, minimum = stats[:, :1], stats[:, 1:]
+    if code_max == 255:
+        codes = _WORKSPACE.get("codes", x2.shape, torch.uint8).copy_(packed[:, :k])
+        row_scale, row_offset = scale, minimum
+    else:  # halve to 7 bits: x ~ min + scale * (2 * (u >> 1) + 0.5)
+        codes = torch.bitwise_right_shift(
+            packed[:, :k], 1, out=_WORKSPACE.get("codes", x2.shape, torch.uint8)
+        )
+        row_scale, row_offset = scale * 2.0, minimum + 0.5 * scale
+    if cols is not None:
+        codes.index_fill_(1, cols, 0)
+    return QuantizedInput(codes, row_scale, row_offset, cols, outliers)
+
+
+def _input_key(x: torch.Tensor, code_max: int, threshold: float) -> tuple:
+    try:
+        version = x._version
+    except RuntimeError:  # inference tensors do not track versions
+        version = None
+    return (x.data_ptr(), tuple(x.shape), x.stride(), version, code_max, threshold)
+
+
+def quantize_shared(
+    x: torch.Tensor, x2: torch.Tensor, code_max: int, threshold: float, hint: torch.Tensor | None = None
+) -> QuantizedInput:
+    """:func:`quantize_input` of ``x2 = x.reshape(-1, K)``, reusing the last result for the same ``x``.
+
+    Query, key and value projections (and Llama's gate/up) read the same hidden states one after
+    the other; quantising them once saves two thirds of the activation work there. The reuse is
+    keyed on the tensor object (weakly referenced), its storage, shape and version (when tracked).
+    """
+    if _LAST.ref is not None and _LAST.ref() is x and _LAST.value is not None:
+        if _LAST.key == _input_key(x, code_max, threshold):
+            return _LAST.value
+    value = quantize_input(x2, code_max, threshold, hint)
+    _LAST.ref, _LAST.key, _LAST.value = weakref.ref(x), _input_key(x, code_max, threshold), value
+    return value
