@@ -109,12 +109,18 @@ def _outlier_columns(x2: torch.Tensor, threshold: float) -> torch.Tensor | None:
     return cols if cols.numel() else None
 
 
-def _verified(packed: torch.Tensor, outliers: torch.Tensor | None, k: int, threshold: float) -> bool:
+def _stats(packed: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row ``(scale, min)`` stored by the quantiser after the ``k`` codes, as ``(M, 1)`` tensors."""
+    stats = packed[:, k:].contiguous().view(torch.float32)
+    return stats[:, :1], stats[:, 1:]
+
+
+def _verified(
+    scale: torch.Tensor, low: torch.Tensor, outliers: torch.Tensor | None, threshold: float
+) -> bool:
     """Whether the excluded columns are exactly the outlier columns of the input."""
-    stats = packed[:, k:].contiguous().view(torch.float32)  # (M, 2): scale, min of each row
-    low, high = stats[:, 1], stats[:, 1] + 255.0 * stats[:, 0]
     limit = threshold * _MARGIN
-    if bool((high >= limit).any()) or bool((low <= -limit).any()):
+    if bool((low + 255.0 * scale >= limit).any()) or bool((low <= -limit).any()):
         return False  # a column outside the tried ones may reach the threshold
     return outliers is None or bool((outliers.abs().amax(0) >= threshold).all())
 
@@ -152,13 +158,14 @@ def quantize_input(
     if threshold > 0:
         cols = hint if hint is not None and hint.numel() else None
         packed, outliers = _rowwise_u8(x2, cols)
-        if not _verified(packed, outliers, k, threshold):
+        scale, minimum = _stats(packed, k)
+        if not _verified(scale, minimum, outliers, threshold):
             cols = _outlier_columns(x2, threshold)
             packed, outliers = _rowwise_u8(x2, cols)
+            scale, minimum = _stats(packed, k)
     else:
         packed, outliers = _rowwise_u8(x2, None)
-    stats = packed[:, k:].contiguous().view(torch.float32)
-    scale, minimum = stats[:, :1], stats[:, 1:]
+        scale, minimum = _stats(packed, k)
     if code_max == 255:
         codes = _WORKSPACE.get("codes", x2.shape, torch.uint8).copy_(packed[:, :k])
         row_scale, row_offset = scale, minimum

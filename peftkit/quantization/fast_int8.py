@@ -34,6 +34,7 @@ BNB = "bnb"
 _PATH_ATTR = "_peftkit_int8_path"
 _PACKED_ATTR = "_peftkit_int8_packed"
 _HINT_ATTR = "_peftkit_int8_outlier_cols"
+_RIGHT_ATTR = "_peftkit_int8_outlier_weights"
 _logged: set[tuple[str, str]] = set()
 
 
@@ -143,9 +144,13 @@ def _fast_forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     threshold = float(layer.state.threshold or 0.0)
     hint = layer.__dict__.get(_HINT_ATTR)
     q = activations.quantize_shared(x, x2, kernels.activation_code_max(), threshold, hint)
-    if q.outlier_cols is not hint:
-        layer.__dict__[_HINT_ATTR] = q.outlier_cols
-    out = kernels.int8_linear(q, packed, cb, layer.bias)
+    right = layer.__dict__.get(_RIGHT_ATTR)  # W[:, outlier columns], kept while the columns stay the same
+    if q.outlier_cols is None:
+        right = None
+    elif right is None or q.outlier_cols is not hint or right[1] is not packed:
+        right = (kernels.outlier_weights(packed, cb, q.outlier_cols), packed)
+    layer.__dict__[_HINT_ATTR], layer.__dict__[_RIGHT_ATTR] = q.outlier_cols, right
+    out = kernels.int8_linear(q, packed, cb, layer.bias, None if right is None else right[0])
     out = out.view(*x.shape[:-1], out.shape[-1])
     return out if out.dtype == x.dtype else out.to(x.dtype)
 
@@ -195,7 +200,7 @@ def enable_fast_int8(model: nn.Module, enabled: bool = True) -> nn.Module:
             layer.__class__ = fast_cls
         elif not enabled and type(layer) is fast_cls:
             layer.__class__ = bnb.nn.Linear8bitLt
-            for attr in (_PACKED_ATTR, _PATH_ATTR, _HINT_ATTR):
+            for attr in (_PACKED_ATTR, _PATH_ATTR, _HINT_ATTR, _RIGHT_ATTR):
                 layer.__dict__.pop(attr, None)
         elif enabled and type(layer) is not fast_cls:
             logger.warning(

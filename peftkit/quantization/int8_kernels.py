@@ -99,6 +99,7 @@ def activation_code_max() -> int | None:
         logger.info("oneDNN int8 kernels unavailable in this torch build: no fast 8-bit CPU path")
         return None
     try:
+        torch.ops.quantized.embedding_bag_byte_prepack(torch.zeros(2, 8))  # the activation quantiser
         shapes = [(33, 256, 40), (128, 512, 64)]
         for top in (255, 127):
             if all(_exact(top, *shape) for shape in shapes):
@@ -129,8 +130,23 @@ def pack_weight(cb: torch.Tensor, scb: torch.Tensor) -> PackedWeight:
     return _pack_codes(cb.detach(), (scb.detach().float() / 127.0).contiguous(), weight_key(cb, scb))
 
 
+def outlier_weights(weight: PackedWeight, cb: torch.Tensor, cols: torch.Tensor | None) -> torch.Tensor:
+    """``(1 + n, N)`` right factor of the low-rank update: effective row sums, then ``W[:, cols].T``.
+
+    With ``cols=None`` just the row sums ``(1, N)``.
+    """
+    if cols is None:
+        return weight.row_sums.unsqueeze(0)
+    w_t = cb.t().index_select(0, cols).float().mul_(weight.col_scale)  # (n, N), dequantised
+    return torch.cat([(weight.row_sums - w_t.sum(0)).unsqueeze(0), w_t], 0)
+
+
 def int8_linear(
-    q: QuantizedInput, weight: PackedWeight, cb: torch.Tensor, bias: torch.Tensor | None
+    q: QuantizedInput,
+    weight: PackedWeight,
+    cb: torch.Tensor,
+    bias: torch.Tensor | None,
+    right: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``x @ dequant(W).T + bias`` for the quantised input ``q``; returns float32 ``(M, N)``.
 
@@ -139,6 +155,7 @@ def int8_linear(
         weight: The packed weight of the layer.
         cb: bitsandbytes' int8 weight ``(N, K)`` (outlier columns are read from it).
         bias: The layer's bias or ``None``.
+        right: ``outlier_weights(weight, cb, q.outlier_cols)`` if already at hand.
 
     """
     out = _qlinear(q.codes, weight)
@@ -148,7 +165,7 @@ def int8_linear(
         out.mul_(q.row_scale)
     # The activation offsets (and the exact outlier columns) enter as one small-rank update.
     if q.outlier_cols is None:
-        return out.addmm_(q.row_offset, weight.row_sums.unsqueeze(0))
-    w_outliers = cb.index_select(1, q.outlier_cols).float().mul_(weight.col_scale.unsqueeze(1))
-    row_sums = (weight.row_sums - w_outliers.sum(1)).unsqueeze(1)
-    return out.addmm_(torch.cat([q.row_offset, q.outliers], 1), torch.cat([row_sums, w_outliers], 1).t())
+        return out.addr_(q.row_offset.view(-1), weight.row_sums)
+    if right is None:
+        right = outlier_weights(weight, cb, q.outlier_cols)
+    return out.addmm_(torch.cat([q.row_offset, q.outliers], 1), right)
