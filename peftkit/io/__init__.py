@@ -8,8 +8,9 @@ Public API::
     peftkit.base_fingerprint(base)                           # identity of a base model (fp32 == 8-bit)
 
 Modules: :mod:`~peftkit.io.files` (atomic writes, safe reads), :mod:`~peftkit.io.layout` (the
-directory format), :mod:`~peftkit.io.fingerprint`, :mod:`~peftkit.io.peft_format` (peft's
-config layout, AdaLoRA ranks), :mod:`~peftkit.io.adapter_io` (save / load onto a model).
+directory format), :mod:`~peftkit.io.json_schema` (field types of the JSON files),
+:mod:`~peftkit.io.fingerprint`, :mod:`~peftkit.io.peft_format` (peft's config layout, AdaLoRA
+ranks), :mod:`~peftkit.io.adapter_io` (save / load onto a model).
 """
 
 from __future__ import annotations

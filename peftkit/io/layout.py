@@ -37,6 +37,7 @@ from peftkit.io.files import (
     sha256_hex,
     tensors_to_bytes,
 )
+from peftkit.io.json_schema import check_json_types
 from peftkit.io.peft_format import PEFT_TYPE_TO_METHOD, options_from_peft_config
 from peftkit.registry import get_method
 from peftkit.state import PEFT_KEY_PREFIX
@@ -208,7 +209,7 @@ def read_adapter_dir(path: str | os.PathLike[str]) -> AdapterFiles:
         )
     meta = read_json(directory / META_FILE) if (directory / META_FILE).exists() else {}
     _check_format_version(directory, meta)
-    _check_json_types(directory, peft_config, meta)
+    check_json_types(directory, peft_config, meta)
     weights_path = directory / WEIGHTS_FILE
     if not weights_path.exists() and (directory / "adapter_model.bin").exists():
         raise AdapterFileError(
@@ -255,59 +256,6 @@ def _check_format_version(directory: Path, meta: dict[str, Any]) -> None:
             f"reads up to {FORMAT_VERSION}, written by peftkit {meta.get('peftkit_version', '?')}). "
             "Upgrade peftkit: pip install -U peftkit."
         )
-
-
-def _is_str_list(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(v, str) for v in value)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _files_ok(value: Any) -> bool:
-    return isinstance(value, dict) and all(
-        isinstance(entry, dict) and isinstance(entry.get("sha256", ""), str) for entry in value.values()
-    )
-
-
-def _heads_ok(value: Any) -> bool:
-    if not isinstance(value, dict) or not _is_str_list(value.get("modules", [])):
-        return False
-    labels = value.get("id2label")
-    labels_ok = labels is None or (
-        isinstance(labels, dict)
-        and all(k.lstrip("-").isdigit() and isinstance(v, str) for k, v in labels.items())
-    )
-    return labels_ok and (value.get("num_labels") is None or _is_int(value["num_labels"]))
-
-
-#: Shapes of the fields peftkit reads from its JSON files (a field may be absent).
-_META_FIELDS: dict[str, tuple[Any, str]] = {
-    "method": (lambda v: isinstance(v, str) and bool(v), "a method name"),
-    "plugin": (lambda v: v is None or isinstance(v, str), "a package name or null"),
-    "options": (lambda v: isinstance(v, dict), "a mapping of options"),
-    "targets": (_is_str_list, "a list of module names"),
-    "base": (lambda v: v is None or isinstance(v, dict), "a fingerprint mapping or null"),
-    "files": (_files_ok, "a mapping of file name -> {sha256: ...}"),
-    "heads": (_heads_ok, "a mapping with modules (names), num_labels (integer), id2label (index -> label)"),
-}
-_PEFT_FIELDS: dict[str, tuple[Any, str]] = {
-    "peft_type": (lambda v: isinstance(v, str), "a string such as 'LORA'"),
-    "rank_pattern": (lambda v: v is None or isinstance(v, dict), "a mapping or null"),
-    "target_modules": (lambda v: v is None or isinstance(v, str) or _is_str_list(v), "module names"),
-}
-
-
-def _check_json_types(directory: Path, peft_config: dict[str, Any], meta: dict[str, Any]) -> None:
-    """Refuse JSON files whose fields have the wrong shape, naming the file and the field."""
-    for name, obj, fields in ((CONFIG_FILE, peft_config, _PEFT_FIELDS), (META_FILE, meta, _META_FIELDS)):
-        for key, (valid, expected) in fields.items():
-            if key in obj and not valid(obj[key]):
-                raise AdapterFileError(
-                    f"{str(directory / name)!r}: {key!r} must be {expected}, got {obj[key]!r}; the file is "
-                    "corrupted or was edited by hand. Re-save the adapter."
-                )
 
 
 def _check_derived(files: AdapterFiles) -> None:
