@@ -101,6 +101,7 @@ class _Exploit:
         return (Path.touch, (self.marker,))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_a_malicious_pickle_in_a_checkpoint_is_refused_without_running_it(tmp_path: Path) -> None:
     batch = make_batch("bert", batch=8, seq=6)
     data = [{k: v[i] for k, v in batch.items()} for i in range(8)]
