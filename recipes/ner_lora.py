@@ -2,8 +2,13 @@
 
     accelerate launch recipes/ner_lora.py                                   # recipes/configs/ner_lora.yaml
     accelerate launch recipes/ner_lora.py --method full --lr 1e-4 --output-dir runs/ner_full
-    accelerate launch --cpu --num_processes 2 recipes/ner_lora.py --max-train-samples 2000
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 recipes/ner_lora.py  # 2 CPU processes
     python recipes/ner_lora.py --help
+
+Two CPU processes (DDP on gloo): ``accelerate launch --cpu --num_processes 2`` starts only *one*
+process in Accelerate 1.x; use the torchrun-based launcher in CPU mode as above (``metrics.json``
+records ``num_processes``). Evaluation gathers with ``gather_for_metrics`` and checks that every
+sentence is scored exactly once, whatever the number of processes.
 
 Data flow::
 

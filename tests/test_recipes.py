@@ -158,14 +158,21 @@ def _free_port() -> int:
 
 
 def launch(recipe: str, processes: int, *args: object, check: bool = True) -> subprocess.CompletedProcess:
-    """Run ``accelerate launch --cpu`` on ``recipes/<recipe>`` and return the finished process."""
+    """Run ``recipes/<recipe>`` under ``accelerate launch`` on CPU with 1 or 2 processes (DDP on gloo).
+
+    ``accelerate launch --cpu --num_processes 2`` starts a *single* process in Accelerate 1.x, so
+    two processes use the torchrun-based launcher in CPU mode (``ACCELERATE_USE_CPU=1 ... --multi_gpu``);
+    the recipes record ``num_processes`` in metrics.json, which the tests check.
+    """
+    mode = ["--cpu"] if processes == 1 else ["--multi_gpu"]
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", str(processes),
+        sys.executable, "-m", "accelerate.commands.launch", *mode, "--num_processes", str(processes),
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
         "--main_process_port", str(_free_port()), str(RECIPES / recipe), *map(str, args),
     ]  # fmt: skip
     env = {
         **os.environ,
+        "ACCELERATE_USE_CPU": "1",
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",

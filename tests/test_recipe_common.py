@@ -1,0 +1,116 @@
+"""Fast in-process tests of the recipes' shared glue (``recipes/common.py``) and their YAML configs."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from peftkit.errors import ConfigError, TrainingError
+from peftkit.state import get_state
+from peftkit.training import planned_optimizer_steps
+from tests.tiny_models import make_model
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+@pytest.fixture(scope="module")
+def recipes():
+    """Import ``common`` and the recipe modules the way they import each other (script directory on the path)."""
+    sys.path.insert(0, str(RECIPES))
+    try:
+        yield {
+            name: importlib.import_module(name)
+            for name in ("common", "ner_lora", "sentiment_adapter", "clm_adalora")
+        }
+    finally:
+        sys.path.remove(str(RECIPES))
+
+
+CASES = [("ner_lora", "NerConfig"), ("sentiment_adapter", "SentimentConfig"), ("clm_adalora", "ClmConfig")]
+
+
+@pytest.mark.parametrize(("module", "cls"), CASES)
+def test_default_yaml_is_read_without_config_and_the_command_line_wins(
+    recipes, module: str, cls: str
+) -> None:
+    config_cls = getattr(recipes[module], cls)
+    config = recipes["common"].parse_args(config_cls, ["--lr", "0.25", "--seed", "7"], f"{module}.yaml")
+    assert (config.lr, config.seed) == (0.25, 7)
+    assert config.output_dir == f"runs/{module}"
+    assert (
+        config.method
+        == {"ner_lora": "lora", "sentiment_adapter": "adapter", "clm_adalora": "adalora"}[module]
+    )
+
+
+def test_explicit_config_file_replaces_the_default_one(recipes, tmp_path: Path) -> None:
+    path = tmp_path / "mine.yaml"
+    path.write_text("epochs: 9\n", encoding="utf-8")
+    config = recipes["common"].parse_args(
+        recipes["ner_lora"].NerConfig, ["--config", str(path)], "ner_lora.yaml"
+    )
+    assert config.epochs == 9 and config.r is None  # nothing from ner_lora.yaml
+
+
+def test_unknown_option_names_the_closest_one(recipes) -> None:
+    with pytest.raises(ConfigError, match="--train-file"):
+        recipes["common"].parse_args(recipes["ner_lora"].NerConfig, ["--train-fil", "x"], "ner_lora.yaml")
+
+
+def test_full_fine_tuning_trains_every_weight_and_names_the_ignored_adapter_options(recipes, caplog) -> None:
+    common = recipes["common"]
+    config = common.parse_args(recipes["ner_lora"].NerConfig, ["--method", "full"], "ner_lora.yaml")
+    model = make_model("bert")
+    with caplog.at_level(logging.WARNING):
+        params = common.apply_method(model, config, DataLoader(range(4)), _OneProcess())
+    assert params["trainable_params"] == params["total_params"] == sum(p.numel() for p in model.parameters())
+    assert "r=16" in caplog.text and "target_modules" in caplog.text
+
+
+def test_adapter_method_drops_rank_options_it_does_not_have(recipes, caplog) -> None:
+    config = recipes["common"].parse_args(
+        recipes["ner_lora"].NerConfig,
+        ["--method", "adapter", "--target-modules", "attention"],
+        "ner_lora.yaml",
+    )
+    with caplog.at_level(logging.WARNING):
+        options = config.wrap_options()
+    assert "r" not in options and "alpha" not in options and options["dropout"] == 0.0
+    assert "r=16" in caplog.text and config.r == 16  # the config itself is left as it was
+
+
+def test_adalora_total_step_is_computed_from_the_training_loader(recipes) -> None:
+    config = recipes["common"].parse_args(
+        recipes["clm_adalora"].ClmConfig,
+        ["--epochs", "3", "--batch-size", "4", "--max-steps", "null"],
+        "clm_adalora.yaml",
+    )
+    config.method_options.update(tinit=1, tfinal=1, delta_t=1)
+    config.target_modules = ["c_attn"]
+    loader = DataLoader(range(10), batch_size=4)  # 3 batches per epoch
+    model = make_model("gpt2")
+    recipes["common"].apply_method(model, config, loader, _OneProcess())
+    assert get_state(model).adapters["default"].config.total_step == planned_optimizer_steps(3, config) == 9
+
+
+def test_ordered_restores_data_set_order_and_rejects_missing_or_duplicated_examples(recipes) -> None:
+    ordered = recipes["common"].ordered
+    outputs = {
+        "index": [torch.tensor([2, 0]), torch.tensor([1])],
+        "x": [torch.tensor([20, 0]), torch.tensor([10])],
+    }
+    assert [int(v) for v in ordered(outputs, 3)["x"]] == [0, 10, 20]
+    with pytest.raises(TrainingError, match="gathered 3 examples"):
+        ordered({"index": [torch.tensor([0, 0, 1])], "x": [torch.zeros(3)]}, 3)
+    with pytest.raises(TrainingError, match="has 4"):
+        ordered(outputs, 4)
+
+
+class _OneProcess:
+    num_processes = 1
