@@ -1,8 +1,8 @@
 """peftkit never unpickles: no pickle-family imports, every torch.load has weights_only=True.
 
 A static scan of the package source (``ast``, so comments and strings do not count), plus a
-behavioural check: a checkpoint whose ``optimizer.bin`` is a malicious pickle is refused on
-resume without running its code. ``tests/test_io.py::test_never_unpickles`` checks that loading
+behavioural check: a checkpoint whose ``optimizer.bin`` or RNG-state file is a malicious pickle,
+or whose files are truncated, is refused on resume (naming the file) without running any code. ``tests/test_io.py::test_never_unpickles`` checks that loading
 an adapter calls neither ``pickle.load`` nor ``torch.load``.
 """
 
@@ -101,27 +101,52 @@ class _Exploit:
         return (Path.touch, (self.marker,))
 
 
-@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
-def test_a_malicious_pickle_in_a_checkpoint_is_refused_without_running_it(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def checkpoint_run(tmp_path_factory: pytest.TempPathFactory):
+    """``run(output_dir, **overrides)``: two steps of LoRA training on a tiny BERT, checkpoint every step."""
     batch = make_batch("bert", batch=8, seq=6)
     data = [{k: v[i] for k, v in batch.items()} for i in range(8)]
 
-    def run(**overrides) -> None:
+    def run(output_dir: Path, **overrides) -> None:
         reset_accelerate_state()
-        config = TrainConfig(output_dir=str(tmp_path / "run"), epochs=1, batch_size=4, **overrides)
+        config = TrainConfig(output_dir=str(output_dir), epochs=1, batch_size=4, **overrides)
         torch.manual_seed(0)
         model = peftkit.wrap(make_model("bert").train(), "lora", r=2)
-        train(model, DataLoader(data, batch_size=4), config, accelerator=build_accelerator(config))
+        try:
+            train(model, DataLoader(data, batch_size=4), config, accelerator=build_accelerator(config))
+        finally:
+            reset_accelerate_state()
 
-    run(checkpoint_every=1)
+    return run
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-7])
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize(
+    ("name", "damage"),
+    [
+        ("optimizer.bin", "exploit"),
+        ("random_states_0.pkl", "exploit"),
+        ("optimizer.bin", "truncate"),
+        ("model.safetensors", "truncate"),
+    ],
+)
+def test_malicious_or_damaged_checkpoint_files_are_refused_naming_the_file(
+    tmp_path: Path, checkpoint_run, name: str, damage: str
+) -> None:
+    checkpoint_run(tmp_path / "run", checkpoint_every=1)
     checkpoint = tmp_path / "run" / "checkpoints" / "step-2"
     marker = tmp_path / "pwned"
-    (checkpoint / "optimizer.bin").write_bytes(pickle.dumps(_Exploit(marker)))
-    try:
-        with pytest.raises(TrainingError) as info:
-            run(resume_from=str(checkpoint))
-    finally:
-        reset_accelerate_state()
+    if damage == "exploit":
+        (checkpoint / name).write_bytes(pickle.dumps(_Exploit(marker)))
+    else:
+        _truncate(checkpoint / name)
+    with pytest.raises(TrainingError) as info:
+        checkpoint_run(tmp_path / "run", resume_from=str(checkpoint))
     assert not marker.exists(), "the pickle's code ran"
     message = str(info.value)
-    assert str(checkpoint) in message and "optimizer.bin" in message, message
+    assert str(checkpoint) in message and f"{name} in it is damaged" in message, message
+    assert "older checkpoint" in message

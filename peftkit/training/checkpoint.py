@@ -110,11 +110,11 @@ def frozen_fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def _damaged_file(path: Path) -> str | None:
+def _damaged_file(path: Path, pattern: str = "*") -> str | None:
     """Name of the first file of checkpoint ``path`` that does not load safely (tensors only), if any."""
     from accelerate.utils.other import load as safe_load  # torch.load(weights_only=True) + numpy RNG types
 
-    for file in sorted(path.iterdir()):
+    for file in sorted(path.glob(pattern)):
         try:
             if file.suffix == ".safetensors":
                 load_file(str(file))
@@ -297,6 +297,10 @@ class CheckpointManager:
                     "or start a new run in another --output-dir."
                 )
         try:
+            # Accelerate skips RNG files it cannot read with only an info log; a resume without them
+            # silently differs from the uninterrupted run, so they are checked first.
+            if _damaged_file(path, "random_states_*.pkl"):
+                raise ValueError("the random-number-generator states cannot be read")
             with self._load_hook(payload.get("model_format") == "trainable_only"):
                 self.accelerator.load_state(str(path))
             method_file = path / METHOD_STATE_FILE
