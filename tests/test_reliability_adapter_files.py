@@ -207,3 +207,27 @@ def test_float16_weights_load_as_the_model_dtype(adapter: Path) -> None:
     loaded = dict(model.named_parameters())[name]
     assert loaded.dtype == torch.float32
     torch.testing.assert_close(loaded, reference[f"{LAYER0_Q}.lora_A.weight"], atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("command", ["inspect", "merge"])
+@pytest.mark.parametrize(
+    ("file", "junk"),
+    [(META, b'{"format_version": 1, "files": [1]}'), (CONFIG, b"[" * 5000), (WEIGHTS, b"\x00" * 12)],
+    ids=["meta-junk", "config-deep", "weights-junk"],
+)
+def test_the_cli_reports_damaged_files_in_one_line(
+    adapter: Path, tmp_path: Path, capsys, command, file, junk
+) -> None:
+    """``peftkit inspect`` / ``peftkit merge`` on a damaged adapter: exit status 1 and a message, no traceback."""
+    from peftkit.cli import main
+
+    (adapter / file).write_bytes(junk)
+    argv = [command, str(adapter)] if command == "inspect" else [
+        "merge", "--base", str(tmp_path), "--adapter", str(adapter), "--out", str(tmp_path / "out")
+    ]  # fmt: skip
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"peftkit {command}: error: ") and str(adapter) in err and "Traceback" not in err, (
+        err
+    )
+    assert not (tmp_path / "out").exists()
