@@ -64,7 +64,9 @@ def probe(spec: dict[str, Any]) -> dict[str, Any]:
             ``num_labels``, ``seed``, ``device``.
 
     Returns:
-        ``rss_start_mb`` (before loading), ``rss_loaded_mb`` (model ready), ``peak_rss_mb``
+        ``rss_start_mb`` (before loading), ``rss_loaded_mb`` (model ready, every weight page
+        resident: safetensors checkpoints are memory-mapped and would otherwise be paged in
+        during the first step), ``peak_rss_mb``
         (high-water mark while training), ``train_extra_mb`` (peak minus loaded),
         ``peak_source`` and, on CUDA, ``cuda_peak_mb``.
 
@@ -81,6 +83,7 @@ def probe(spec: dict[str, Any]) -> dict[str, Any]:
     batch = make_batch(
         spec["batch"], spec["seq_len"], model.config.vocab_size, spec["num_labels"], spec["seed"], device
     )
+    _touch_parameters(model)
     rss_loaded = current_rss_mb()
     was_reset = reset_peak_rss()
     if device.startswith("cuda"):
@@ -147,6 +150,16 @@ def _probe_child(spec: dict[str, Any]) -> dict[str, Any]:
 
     _logging.getLogger("bitsandbytes").setLevel(_logging.ERROR)
     return probe(spec)
+
+
+def _touch_parameters(model: torch.nn.Module) -> None:
+    """Fault in every page of every parameter, so memory-mapped checkpoint weights count as loaded."""
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if tensor.device.type == "cpu" and tensor.numel():
+                flat = tensor.detach().reshape(-1)
+                step = max(1, 4096 // tensor.element_size())
+                flat[::step].float().sum()
 
 
 def _proc_status() -> dict[str, int]:

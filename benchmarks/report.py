@@ -176,6 +176,10 @@ def _notes(result: dict[str, Any]) -> list[str]:
         f"the step time and by the best fp32 GEMM rate of this machine: {peak.get('best_flops', 0) / 1e9:.1f} "
         f"GFLOP/s (`torch.mm` {peak.get('size')}x{peak.get('size')}, {peak.get('threads')} threads). 8-bit "
         "variants use the FLOPs of the same fp32 method (nominal).",
+        "* **8-bit variants:** loaded with `peftkit.quantization.load_base(..., load_in_8bit=True)` (heads "
+        "in fp32). Training runs through bitsandbytes' `Linear8bitLt`; inference takes peftkit's fast int8 "
+        "path (on CPU), so the inference table shows it under LoRA/AdaLoRA/Adapter. bitsandbytes' own eval "
+        "path is in the 8-bit section.",
         "* **Adapter file:** `peftkit.save_adapter` (weights: `adapter_model.safetensors`, includes the "
         "trained head); full fine-tuning stores every parameter.",
     ]

@@ -37,6 +37,7 @@ class BenchSettings:
         repeats: Timed rounds; every round times every variant once (round-robin).
         steps_per_repeat: Steps timed together in one sample (their mean is the sample).
         warmup: Untimed steps per variant and shape before the first round.
+        overhead_rounds: Alternating single training steps of peftkit's and peft's LoRA (each), per shape.
         memory_shape: Shape used by the peak-memory probes.
         memory_steps: Training steps run by each peak-memory probe.
         memory_mode: ``"subprocess"`` (clean peak per variant), ``"inprocess"`` or ``"off"``.
@@ -56,6 +57,7 @@ class BenchSettings:
     repeats: int = 7
     steps_per_repeat: int = 2
     warmup: int = 2
+    overhead_rounds: int = 30
     memory_shape: tuple[int, int] = (16, 64)
     memory_steps: int = 3
     memory_mode: str = "subprocess"
@@ -76,7 +78,7 @@ def preset(name: str) -> BenchSettings:
     """Settings of a named preset.
 
     * ``full``: 7 rounds x 2 steps per variant and shape.
-    * ``quick``: 3 rounds x 1 step (a few minutes on 2 cores).
+    * ``quick``: one shape (32x32), 3 rounds x 1 step (a few minutes on 2 quiet cores).
     * ``dry``: one round on a tiny random BERT, no subprocesses (seconds; for the smoke test).
 
     """
@@ -85,6 +87,8 @@ def preset(name: str) -> BenchSettings:
     if name == "quick":
         return BenchSettings(
             preset="quick",
+            shapes=[NER_SHAPES[0]],
+            overhead_rounds=16,
             repeats=3,
             steps_per_repeat=1,
             warmup=1,
@@ -99,6 +103,7 @@ def preset(name: str) -> BenchSettings:
             repeats=1,
             steps_per_repeat=1,
             warmup=0,
+            overhead_rounds=2,
             memory_shape=(4, 16),
             memory_steps=1,
             memory_mode="inprocess",
