@@ -82,7 +82,7 @@ def assert_same_adapter(actual: Path, expected: Path) -> None:
     got, want = adapter_tensors(actual), adapter_tensors(expected)
     assert got.keys() == want.keys()
     for key, value in want.items():
-        torch.testing.assert_close(got[key], value, rtol=0, atol=1e-6, msg=key)
+        torch.testing.assert_close(got[key], value, rtol=0, atol=0, msg=key)  # bitwise: same arithmetic
 
 
 @pytest.fixture(scope="module")
