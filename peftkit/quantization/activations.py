@@ -109,20 +109,20 @@ def _outlier_columns(x2: torch.Tensor, threshold: float) -> torch.Tensor | None:
     return cols if cols.numel() else None
 
 
-def _stats(packed: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row ``(scale, min)`` stored by the quantiser after the ``k`` codes, as ``(M, 1)`` tensors."""
-    stats = packed[:, k:].contiguous().view(torch.float32)
-    return stats[:, :1], stats[:, 1:]
+def _stats(packed: torch.Tensor, k: int) -> torch.Tensor:
+    """Per-row ``(scale, min)`` stored by the quantiser after the ``k`` codes, as a ``(M, 2)`` tensor."""
+    return packed[:, k:].contiguous().view(torch.float32)
 
 
-def _verified(
-    scale: torch.Tensor, low: torch.Tensor, outliers: torch.Tensor | None, threshold: float
-) -> bool:
+#: ``stats @ _PEAKS`` gives each row's ``(max, -min)``: ``max = min + 255 * scale``.
+_PEAKS = torch.tensor([[255.0, 0.0], [1.0, -1.0]])
+
+
+def _verified(stats: torch.Tensor, outliers: torch.Tensor | None, threshold: float) -> bool:
     """Whether the excluded columns are exactly the outlier columns of the input."""
-    limit = threshold * _MARGIN
-    if bool((low + 255.0 * scale >= limit).any()) or bool((low <= -limit).any()):
+    if float((stats @ _PEAKS).amax()) >= threshold * _MARGIN:
         return False  # a column outside the tried ones may reach the threshold
-    return outliers is None or bool((outliers.abs().amax(0) >= threshold).all())
+    return outliers is None or float(outliers.abs().amax(0).amin()) >= threshold
 
 
 def _writable(x2: torch.Tensor) -> torch.Tensor:
@@ -158,14 +158,15 @@ def quantize_input(
     if threshold > 0:
         cols = hint if hint is not None and hint.numel() else None
         packed, outliers = _rowwise_u8(x2, cols)
-        scale, minimum = _stats(packed, k)
-        if not _verified(scale, minimum, outliers, threshold):
+        stats = _stats(packed, k)
+        if not _verified(stats, outliers, threshold):
             cols = _outlier_columns(x2, threshold)
             packed, outliers = _rowwise_u8(x2, cols)
-            scale, minimum = _stats(packed, k)
+            stats = _stats(packed, k)
     else:
         packed, outliers = _rowwise_u8(x2, None)
-        scale, minimum = _stats(packed, k)
+        stats = _stats(packed, k)
+    scale, minimum = stats[:, :1], stats[:, 1:]
     if code_max == 255:
         codes = _WORKSPACE.get("codes", x2.shape, torch.uint8).copy_(packed[:, :k])
         row_scale, row_offset = scale, minimum
