@@ -66,7 +66,8 @@ def probe(spec: dict[str, Any]) -> dict[str, Any]:
     Returns:
         ``rss_start_mb`` (before loading), ``rss_loaded_mb`` (model ready, every weight page
         resident: safetensors checkpoints are memory-mapped and would otherwise be paged in
-        during the first step), ``peak_rss_mb``
+        during the first step) split into anonymous and file-backed (mapped checkpoint, libraries)
+        parts, ``peak_rss_mb``
         (high-water mark while training), ``train_extra_mb`` (peak minus loaded),
         ``peak_source`` and, on CUDA, ``cuda_peak_mb``.
 
@@ -85,6 +86,7 @@ def probe(spec: dict[str, Any]) -> dict[str, Any]:
     )
     _touch_parameters(model)
     rss_loaded = current_rss_mb()
+    status = _proc_status()
     was_reset = reset_peak_rss()
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -94,6 +96,8 @@ def probe(spec: dict[str, Any]) -> dict[str, Any]:
     result = {
         "rss_start_mb": rss_start,
         "rss_loaded_mb": rss_loaded,
+        "rss_loaded_anon_mb": status["RssAnon"] / 1024 if "RssAnon" in status else None,
+        "rss_loaded_file_mb": status["RssFile"] / 1024 if "RssFile" in status else None,
         "peak_rss_mb": peak,
         "train_extra_mb": peak - rss_loaded,
         "peak_source": "VmHWM reset after loading" if was_reset else "ru_maxrss (includes loading)",
@@ -169,7 +173,7 @@ def _proc_status() -> dict[str, int]:
     values = {}
     for line in path.read_text().splitlines():
         key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
+        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
             values[key] = int(rest.split()[0])  # kB
     return values
 

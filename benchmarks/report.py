@@ -110,7 +110,7 @@ def _inference_table(result: dict[str, Any], labels: list[str]) -> list[str]:
     rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     names = list(result["shapes"][0]["infer"]) if result["shapes"] else []
     for name in names:
-        cells = [_variant_label(name)]
+        cells = ["fp32 base model (as full fine-tuning)" if name == "fp32-full" else _variant_label(name)]
         ratios = []
         for shape in result["shapes"]:
             stat = stat_from_dict(shape["infer"][name]["tokens_per_s"])
