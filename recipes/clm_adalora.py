@@ -176,6 +176,7 @@ def training_function(config: ClmConfig) -> int:
     clock = common.Stopwatch()
     accelerator = build_accelerator(config)
     common.setup_logging(accelerator)
+    common.set_threads(config, accelerator)
     model_path, load_options = resolve_model(config, accelerator)
     tokenizer = AutoTokenizer.from_pretrained(model_path, **load_options)
     if tokenizer.pad_token is None:

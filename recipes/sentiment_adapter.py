@@ -106,6 +106,7 @@ def training_function(config: SentimentConfig) -> int:
     clock = common.Stopwatch()
     accelerator = build_accelerator(config)
     common.setup_logging(accelerator)
+    common.set_threads(config, accelerator)
     model_path = config.model_path or common.minilm_path()
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     train_dl, encoded, loaders = get_dataloaders(config, tokenizer)

@@ -58,9 +58,13 @@ def test_explicit_config_file_replaces_the_default_one(recipes, tmp_path: Path) 
     assert config.epochs == 9 and config.r is None  # nothing from ner_lora.yaml
 
 
-def test_unknown_option_names_the_closest_one(recipes) -> None:
-    with pytest.raises(ConfigError, match="--train-file"):
-        recipes["common"].parse_args(recipes["ner_lora"].NerConfig, ["--train-fil", "x"], "ner_lora.yaml")
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [(["--train-fil", "x"], "--train-file"), (["--threads", "0"], "threads=0 must be >= 1")],
+)
+def test_bad_options_are_named_with_the_fix(recipes, argv: list[str], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        recipes["common"].parse_args(recipes["ner_lora"].NerConfig, argv, "ner_lora.yaml")
 
 
 def test_full_fine_tuning_trains_every_weight_and_names_the_ignored_adapter_options(recipes, caplog) -> None:

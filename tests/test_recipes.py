@@ -166,9 +166,9 @@ def launch(recipe: str, processes: int, *args: object, check: bool = True) -> su
     """
     mode = ["--cpu"] if processes == 1 else ["--multi_gpu"]
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", *mode, "--num_processes", str(processes),
+        sys.executable, "-m", "accelerate.commands.launch", *mode, "--num_processes", processes,
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(_free_port()), str(RECIPES / recipe), *map(str, args),
+        "--main_process_port", str(_free_port()), str(RECIPES / recipe), "--threads", 1, *map(str, args),
     ]  # fmt: skip
     env = {
         **os.environ,
@@ -179,6 +179,7 @@ def launch(recipe: str, processes: int, *args: object, check: bool = True) -> su
         "OMP_NUM_THREADS": "1",
         "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
     }
+    command = [str(part) for part in command]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
     if check and done.returncode != 0:
         pytest.fail(f"{recipe} exited with {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}")
