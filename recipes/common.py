@@ -310,9 +310,23 @@ def save_outputs(
         else:
             target = peftkit.save_adapter(inner, out / "adapter")
         metrics = {**metrics, "adapter_dir": str(target), "adapter_bytes": dir_size(target)}
-        metrics["config"] = config_to_dict(config)
+        logger.info("Saved %s (%.2f MB)", target, metrics["adapter_bytes"] / 1e6)
+    return write_metrics(accelerator, config, metrics)
+
+
+def write_metrics(accelerator: Accelerator, config: RecipeConfig, metrics: dict[str, Any]) -> dict[str, Any]:
+    """Write ``metrics`` plus the resolved config to ``output_dir/metrics.json`` (main process, atomically).
+
+    Returns:
+        The metrics as written (with ``config`` added).
+
+    """
+    metrics = {**metrics, "config": config_to_dict(config)}
+    if accelerator.is_main_process:
+        out = Path(config.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
         _write_json(out / "metrics.json", metrics)
-        logger.info("Saved %s (%.2f MB) and %s", target, metrics["adapter_bytes"] / 1e6, out / "metrics.json")
+        logger.info("Wrote %s", out / "metrics.json")
     accelerator.wait_for_everyone()
     return metrics
 

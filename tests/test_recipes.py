@@ -257,6 +257,39 @@ def test_ner_recipe_counts_every_sentence_once_and_its_adapter_reproduces_the_me
     assert again["loss"] == pytest.approx(metrics["test"]["loss"], rel=1e-4)
 
 
+def test_ner_recipe_evaluates_a_saved_adapter_on_the_fp32_and_the_8bit_base(
+    tiny_bert: Path, conll_files: dict[str, Path], tmp_path: Path
+) -> None:
+    trained, fp32, int8 = tmp_path / "trained", tmp_path / "eval-fp32", tmp_path / "eval-int8"
+    launch("ner_lora.py", 1, *ner_args(tiny_bert, conll_files, trained, "--epochs", 4))
+    adapter = trained / "adapter"
+    launch("ner_lora.py", 1, *ner_args(tiny_bert, conll_files, fp32, "--eval-adapter", adapter))
+    launch(
+        "ner_lora.py", 1, *ner_args(tiny_bert, conll_files, int8, "--eval-adapter", adapter, "--load-in-8bit")
+    )
+    reference, again, quantised = read_metrics(trained), read_metrics(fp32), read_metrics(int8)
+    for split in ("valid", "test"):  # the fp32 evaluation reproduces the training run's scores
+        for key in ("f1", "precision", "recall", "token_accuracy", "num_sentences", "num_features"):
+            assert again[split][key] == reference[split][key], (split, key)
+        assert again[split]["loss"] == pytest.approx(reference[split]["loss"], rel=1e-5)
+        assert quantised[split]["num_sentences"] == reference[split]["num_sentences"]
+        assert quantised[split]["loss"] == pytest.approx(reference[split]["loss"], rel=0.1)
+        assert again[split]["tokens_per_s"] > 0
+    assert quantised["int8_paths"]["fast_int8"] > 0 and quantised["int8_paths"]["bnb"] == 0
+    assert not (fp32 / "adapter").exists()  # evaluation saves no adapter
+
+    other_labels = tmp_path / "other.txt"  # a tag set the adapter was not trained on
+    other_labels.write_text("-DOCSTART- -X- -X- O\n\npeter NN O B-ANIMAL\n", encoding="utf-8")
+    files = {**conll_files, "valid": other_labels, "test": other_labels, "train": other_labels}
+    done = launch(
+        "ner_lora.py",
+        1,
+        *ner_args(tiny_bert, files, tmp_path / "bad", "--eval-adapter", adapter),
+        check=False,
+    )
+    assert done.returncode != 0 and "was trained with labels" in done.stderr
+
+
 def test_ner_recipe_resumed_from_a_checkpoint_matches_the_uninterrupted_run(
     tiny_bert: Path, conll_files: dict[str, Path], tmp_path: Path
 ) -> None:
