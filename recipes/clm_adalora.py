@@ -41,7 +41,7 @@ import peftkit
 from peftkit.data import PaddingCollator, Speech, pack_blocks, read_speeches, split_speeches
 from peftkit.data._files import locate_package_file
 from peftkit.metrics import perplexity
-from peftkit.training import build_accelerator, evaluate, train
+from peftkit.training import evaluate, train
 
 logger = logging.getLogger("clm_adalora")
 SMOLLM2 = (
@@ -173,10 +173,7 @@ def make_compute_metrics(size: int):
 
 def training_function(config: ClmConfig) -> int:
     """Perplexity before, train, perplexity after, save the adapter and ``metrics.json``; return the exit code."""
-    clock = common.Stopwatch()
-    accelerator = build_accelerator(config)
-    common.setup_logging(accelerator)
-    common.set_threads(config, accelerator)
+    accelerator, clock = common.start_run(config)
     model_path, load_options = resolve_model(config, accelerator)
     tokenizer = AutoTokenizer.from_pretrained(model_path, **load_options)
     if tokenizer.pad_token is None:
@@ -211,12 +208,11 @@ def training_function(config: ClmConfig) -> int:
         compute_metrics=compute_metrics,
         eval_step=eval_step,
     )
-    train_seconds, train_cpu_seconds = train_clock.seconds(), train_clock.cpu_seconds()
+    training = common.training_record(result, train_clock)
     if result.interrupted:
         return result.exit_code
     after = result.eval_metrics or evaluate(model, prepared_heldout, accelerator, eval_step, compute_metrics)
     logger.info("held-out perplexity: %.3f before, %.3f after", before["perplexity"], after["perplexity"])
-    rates = [r["tokens_per_s"] for r in result.history if "tokens_per_s" in r]
     metrics = {
         "task": "causal-lm",
         "method": config.method,
@@ -224,16 +220,10 @@ def training_function(config: ClmConfig) -> int:
         "before": before,
         "after": after,
         "train_blocks": len(train_dl.dataset),
-        "global_step": result.global_step,
-        "train_loss": result.train_loss,
         **params,
         "load_seconds": load_seconds,
-        "train_seconds": train_seconds,
-        "train_cpu_seconds": train_cpu_seconds,
-        "wall_seconds": clock.seconds(),
-        "cpu_seconds": clock.cpu_seconds(),
-        "train_tokens_per_s_median": sorted(rates)[len(rates) // 2] if rates else None,
-        **common.Stopwatch.environment(accelerator),
+        **training,
+        **common.run_record(clock, accelerator),
     }
     common.save_outputs(accelerator, model, config, metrics)
     return 0

@@ -30,7 +30,7 @@ import peftkit
 from peftkit.config import RecipeConfig, TrainConfig, config_to_dict, parse_config
 from peftkit.data import LengthGroupedSampler, PaddingCollator
 from peftkit.errors import ConfigError, TrainingError
-from peftkit.training import planned_optimizer_steps
+from peftkit.training import TrainResult, build_accelerator, planned_optimizer_steps
 
 logger = logging.getLogger(__name__)
 
@@ -363,3 +363,36 @@ class Stopwatch:
             "cpu_count": os.cpu_count(),
             "load_avg_1min": load,
         }
+
+
+def start_run(config: RecipeConfig) -> tuple[Accelerator, Stopwatch]:
+    """Begin a recipe run: start its clock, build the accelerator, set up logging and CPU threads."""
+    clock = Stopwatch()
+    accelerator = build_accelerator(config)
+    setup_logging(accelerator)
+    set_threads(config, accelerator)
+    return accelerator, clock
+
+
+def training_record(result: TrainResult, train_clock: Stopwatch) -> dict[str, Any]:
+    """What a finished training reports: steps, final loss, wall and CPU seconds, median tokens/s.
+
+    Call it right after training, before any further evaluation, so the seconds are training's own.
+    """
+    rates = sorted(r["tokens_per_s"] for r in result.history if "tokens_per_s" in r)
+    return {
+        "global_step": result.global_step,
+        "train_loss": result.train_loss,
+        "train_seconds": train_clock.seconds(),
+        "train_cpu_seconds": train_clock.cpu_seconds(),
+        "train_tokens_per_s_median": rates[len(rates) // 2] if rates else None,
+    }
+
+
+def run_record(clock: Stopwatch, accelerator: Accelerator) -> dict[str, Any]:
+    """Whole-run wall and CPU seconds, plus processes, threads and machine load."""
+    return {
+        "wall_seconds": clock.seconds(),
+        "cpu_seconds": clock.cpu_seconds(),
+        **Stopwatch.environment(accelerator),
+    }

@@ -51,7 +51,7 @@ from peftkit.data import (
 )
 from peftkit.errors import ConfigError
 from peftkit.metrics import ner_scores
-from peftkit.training import build_accelerator, evaluate, train
+from peftkit.training import evaluate, train
 
 logger = logging.getLogger("ner_lora")
 SPLITS = ("train", "valid", "test")
@@ -159,10 +159,7 @@ def make_compute_metrics(eval_set: EvalSet, labels: list[str]):
 
 def training_function(config: NerConfig) -> int:
     """Train, evaluate on valid and test, save the adapter and ``metrics.json``; return the exit code."""
-    clock = common.Stopwatch()
-    accelerator = build_accelerator(config)
-    common.setup_logging(accelerator)
-    common.set_threads(config, accelerator)
+    accelerator, clock = common.start_run(config)
     model_path = config.model_path or common.minilm_path()
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     splits = read_splits(config)
@@ -192,7 +189,7 @@ def training_function(config: NerConfig) -> int:
         eval_step=eval_step,
         compute_metrics=make_compute_metrics(valid, labels),
     )
-    train_seconds, train_cpu_seconds = train_clock.seconds(), train_clock.cpu_seconds()
+    training = common.training_record(result, train_clock)
     if result.interrupted:
         return result.exit_code
     test_clock = common.Stopwatch()
@@ -200,7 +197,6 @@ def training_function(config: NerConfig) -> int:
         model, accelerator.prepare(test.loader), accelerator, eval_step, make_compute_metrics(test, labels)
     )
     logger.info("test: %s", {k: round(v, 4) for k, v in test_metrics.items()})
-    rates = [r["tokens_per_s"] for r in result.history if "tokens_per_s" in r]
     metrics = {
         "task": "ner",
         "method": config.method,
@@ -208,16 +204,10 @@ def training_function(config: NerConfig) -> int:
         "test": test_metrics,
         "labels": labels,
         "train_sentences": len(splits["train"]),
-        "global_step": result.global_step,
-        "train_loss": result.train_loss,
         **params,
-        "train_seconds": train_seconds,
-        "train_cpu_seconds": train_cpu_seconds,
+        **training,
         "test_eval_seconds": test_clock.seconds(),
-        "wall_seconds": clock.seconds(),
-        "cpu_seconds": clock.cpu_seconds(),
-        "train_tokens_per_s_median": sorted(rates)[len(rates) // 2] if rates else None,
-        **common.Stopwatch.environment(accelerator),
+        **common.run_record(clock, accelerator),
     }
     common.save_outputs(accelerator, model, config, metrics)
     return 0
@@ -261,7 +251,7 @@ def evaluate_saved_adapter(
         from peftkit.quantization import describe_int8_paths
 
         metrics["int8_paths"] = describe_int8_paths(model)
-    metrics.update(labels=labels, wall_seconds=clock.seconds(), **common.Stopwatch.environment(accelerator))
+    metrics.update(labels=labels, **common.run_record(clock, accelerator))
     common.write_metrics(accelerator, config, metrics)
     return 0
 

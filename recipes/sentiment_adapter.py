@@ -36,7 +36,7 @@ from peftkit.data import (
     load_rotten_tomatoes,
 )
 from peftkit.metrics import classification_scores
-from peftkit.training import build_accelerator, evaluate, train
+from peftkit.training import evaluate, train
 
 logger = logging.getLogger("sentiment_adapter")
 
@@ -103,10 +103,7 @@ def make_compute_metrics(size: int):
 
 def training_function(config: SentimentConfig) -> int:
     """Train, evaluate on valid and test, save the adapter and ``metrics.json``; return the exit code."""
-    clock = common.Stopwatch()
-    accelerator = build_accelerator(config)
-    common.setup_logging(accelerator)
-    common.set_threads(config, accelerator)
+    accelerator, clock = common.start_run(config)
     model_path = config.model_path or common.minilm_path()
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     train_dl, encoded, loaders = get_dataloaders(config, tokenizer)
@@ -131,7 +128,7 @@ def training_function(config: SentimentConfig) -> int:
         eval_step=eval_step,
         compute_metrics=make_compute_metrics(len(encoded["valid"])),
     )
-    train_seconds, train_cpu_seconds = train_clock.seconds(), train_clock.cpu_seconds()
+    training = common.training_record(result, train_clock)
     if result.interrupted:
         return result.exit_code
     test_metrics = evaluate(
@@ -142,7 +139,6 @@ def training_function(config: SentimentConfig) -> int:
         make_compute_metrics(len(encoded["test"])),
     )
     logger.info("test: %s", {k: round(v, 4) for k, v in test_metrics.items()})
-    rates = [r["tokens_per_s"] for r in result.history if "tokens_per_s" in r]
     metrics = {
         "task": "sentiment",
         "method": config.method,
@@ -150,15 +146,9 @@ def training_function(config: SentimentConfig) -> int:
         "test": test_metrics,
         "labels": list(SENTIMENT_LABELS),
         "train_examples": len(encoded["train"]),
-        "global_step": result.global_step,
-        "train_loss": result.train_loss,
         **params,
-        "train_seconds": train_seconds,
-        "train_cpu_seconds": train_cpu_seconds,
-        "wall_seconds": clock.seconds(),
-        "cpu_seconds": clock.cpu_seconds(),
-        "train_tokens_per_s_median": sorted(rates)[len(rates) // 2] if rates else None,
-        **common.Stopwatch.environment(accelerator),
+        **training,
+        **common.run_record(clock, accelerator),
     }
     common.save_outputs(accelerator, model, config, metrics)
     return 0
