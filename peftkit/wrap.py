@@ -279,4 +279,3 @@ def _has_foreign_adapters(model: nn.Module) -> bool:
     return any(
         isinstance(m, (BaseTunerLayer, AuxiliaryTrainingWrapper)) for m in unwrap_model(model).modules()
     )
-

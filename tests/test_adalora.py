@@ -21,7 +21,9 @@ def _train(model, steps: int, family: str = "bert") -> None:
 
 
 def test_ranks_are_reallocated_after_total_step() -> None:
-    model = peftkit.wrap(make_model("bert"), "adalora", total_step=12, tinit=2, tfinal=3, init_r=6, target_r=2)
+    model = peftkit.wrap(
+        make_model("bert"), "adalora", total_step=12, tinit=2, tfinal=3, init_r=6, target_r=2
+    )
     handle = get_state(model).adapters["default"].handle
     assert handle.peft_config.rank_pattern is None
     _train(model, 12)

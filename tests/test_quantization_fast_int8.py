@@ -98,6 +98,20 @@ def test_fast_path_within_the_quantisation_error_bound(shape: tuple[int, ...], t
     assert excess.max() <= 0, f"error exceeds the bound by {excess.max().item():.3g}"
 
 
+def test_inputs_of_changing_sizes_reuse_scratch_space_correctly() -> None:
+    """Small, larger (the scratch buffers grow), then small again: each output as computed alone."""
+    linear, layer = int8_layer(40, 24)
+    layer = fast(layer)
+    generator = torch.Generator().manual_seed(5)
+    inputs = [torch.randn(rows, 40, generator=generator) for rows in (3, 300, 3, 17, 300)]
+    with torch.inference_mode():
+        got = [layer(x) for x in inputs]
+        for x, out in zip(inputs, got, strict=True):
+            excess = (out - linear(x)).abs().double() - error_bound(x, layer, 0.0)
+            assert excess.max() <= 0
+            assert torch.equal(layer(x.clone()), out)  # alone, on a fresh tensor: the same bits
+
+
 def test_outlier_columns_are_exact_when_decomposed() -> None:
     linear, layer = int8_layer(32, 16, threshold=6.0)
     x = torch.zeros(4, 32)

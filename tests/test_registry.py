@@ -79,7 +79,9 @@ def test_plugin_is_discovered_trained_saved_and_loaded(installed_plugin, tmp_pat
     model = peftkit.wrap(make_model("bert"), "scale", target_modules=["query", "value"])
     torch.testing.assert_close(model(**batch).logits, make_model("bert")(**batch).logits)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
-    assert trainable and all("scale_vector" in n or n.startswith("classifier.modules_to_save") for n in trainable)
+    assert trainable and all(
+        "scale_vector" in n or n.startswith("classifier.modules_to_save") for n in trainable
+    )
 
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     loss = model(**batch).loss

@@ -12,7 +12,11 @@ from tests.tiny_models import make_batch, make_model
 METHODS = ["lora", "adalora", "adapter"]
 OPTIONS = {"lora": {}, "adalora": {"total_step": 20}, "adapter": {}}
 HEAD = {"bert": "classifier", "gpt2": "score", "llama": None}
-METHOD_PARAM_MARKERS = {"lora": ("lora_A", "lora_B"), "adalora": ("lora_A", "lora_B", "lora_E"), "adapter": ("adapter_",)}
+METHOD_PARAM_MARKERS = {
+    "lora": ("lora_A", "lora_B"),
+    "adalora": ("lora_A", "lora_B", "lora_E"),
+    "adapter": ("adapter_",),
+}
 
 
 def _wrapped(family: str, method: str, **extra):

@@ -118,10 +118,8 @@ def backend_available() -> bool:
 
 def weight_key(cb: torch.Tensor, scb: torch.Tensor) -> tuple:
     """Identity of a layer's int8 weight: storage and version, so that an in-place change re-packs."""
-    try:
-        versions = (cb._version, scb._version)
-    except RuntimeError:  # inference tensors do not track versions
-        versions = (None, None)
+    # Inference tensors do not track versions.
+    versions = tuple(None if t.is_inference() else t._version for t in (cb, scb))
     return (cb.data_ptr(), scb.data_ptr(), tuple(cb.shape), *versions)
 
 
