@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -34,6 +35,20 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory):
         return str(path)
 
     return _make
+
+
+@pytest.fixture
+def python_sigint():
+    """SIGINT handled as Python does by default (KeyboardInterrupt), restored afterwards.
+
+    A test runner started in the background (``nohup ... &``, some CI agents) inherits SIGINT as
+    *ignored*; Ctrl-C tests need the interactive default to start from.
+    """
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 __all__ = ["make_model", "make_batch"]

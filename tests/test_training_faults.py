@@ -63,7 +63,7 @@ def test_signals_become_a_stop_request_and_handlers_are_restored():
     assert signal.getsignal(signal.SIGTERM) == before
 
 
-def test_second_ctrl_c_aborts():
+def test_second_ctrl_c_aborts(python_sigint):
     with pytest.raises(KeyboardInterrupt), StopRequest() as stop:
         os.kill(os.getpid(), signal.SIGINT)
         assert stop.signal_name == "SIGINT"

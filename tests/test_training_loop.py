@@ -144,7 +144,9 @@ class InterruptAt:
         ("adalora", {"total_step": 30, "tinit": 2, "tfinal": 2, "init_r": 6, "target_r": 2}, 1, True),
     ],
 )
-def test_resume_after_ctrl_c_reaches_identical_weights(tmp_path, method, options, grad_accum, trainable_only):
+def test_resume_after_ctrl_c_reaches_identical_weights(
+    tmp_path, method, options, grad_accum, trainable_only, python_sigint
+):
     data = samples(n=16)
     settings = {"epochs": 2, "grad_accum": grad_accum, "checkpoint_trainable_only": trainable_only}
     full, r_full = run(tmp_path, "full", data=data, model=wrapped("bert", method, **options), **settings)
