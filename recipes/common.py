@@ -184,6 +184,15 @@ def load_pretrained(config: RecipeConfig, path: str, task: str, **kwargs: Any) -
     return load_base(path, task=task, load_in_8bit=config.load_in_8bit, **kwargs)
 
 
+def label_options(labels: Sequence[str]) -> dict[str, Any]:
+    """``from_pretrained`` options for a classification head over ``labels`` (in this order)."""
+    return {
+        "num_labels": len(labels),
+        "id2label": dict(enumerate(labels)),
+        "label2id": {label: i for i, label in enumerate(labels)},
+    }
+
+
 def apply_method(
     model: nn.Module, config: RecipeConfig, train_dl: DataLoader, accelerator: Accelerator
 ) -> dict[str, int]:

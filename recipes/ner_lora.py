@@ -167,14 +167,7 @@ def training_function(config: NerConfig) -> int:
     train_dl, eval_sets = get_dataloaders(config, tokenizer, labels, splits)
 
     set_seed(config.seed)  # the new classification head is initialised identically on every process
-    model = common.load_pretrained(
-        config,
-        model_path,
-        "token-classification",
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id={tag: i for i, tag in enumerate(labels)},
-    )
+    model = common.load_pretrained(config, model_path, "token-classification", **common.label_options(labels))
     valid, test = eval_sets["valid"], eval_sets["test"]
     if config.eval_adapter:
         return evaluate_saved_adapter(config, model, accelerator, eval_sets, labels, clock)

@@ -110,12 +110,7 @@ def training_function(config: SentimentConfig) -> int:
 
     set_seed(config.seed)
     model = common.load_pretrained(
-        config,
-        model_path,
-        "sequence-classification",
-        num_labels=len(SENTIMENT_LABELS),
-        id2label=dict(enumerate(SENTIMENT_LABELS)),
-        label2id={label: i for i, label in enumerate(SENTIMENT_LABELS)},
+        config, model_path, "sequence-classification", **common.label_options(SENTIMENT_LABELS)
     )
     params = common.apply_method(model, config, train_dl, accelerator)
     train_clock = common.Stopwatch()

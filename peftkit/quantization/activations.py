@@ -56,6 +56,10 @@ class _LastInput(threading.local):
         self.value: QuantizedInput | None = None
 
 
+#: Cached scratch views per thread (each a small tensor object over the shared buffers).
+_MAX_VIEWS = 16
+
+
 class _Workspace(threading.local):
     """Per-thread scratch buffers, grown as needed and reused across calls.
 
@@ -71,6 +75,8 @@ class _Workspace(threading.local):
         view = self.views.get((tag, shape, dtype))
         if view is not None:
             return view
+        if len(self.views) >= _MAX_VIEWS:  # dynamic padding makes many shapes: keep the recent ones
+            self.views.clear()
         numel = shape[0] * shape[1]
         buffer = self.buffers.get((tag, dtype))
         if buffer is None or buffer.numel() < numel:
