@@ -15,9 +15,9 @@ Public API::
 
 from __future__ import annotations
 
-# Register the built-in methods first: importing the ``peftkit.methods`` package binds its name on
-# ``peftkit``, and the ``methods()`` function imported below must take that name afterwards.
-import peftkit.methods as _builtin_methods  # noqa: F401, I001
+from typing import TYPE_CHECKING
+
+from peftkit import _lazy
 from peftkit.errors import (
     AdapterFileError,
     AdapterWriteError,
@@ -36,22 +36,55 @@ from peftkit.errors import (
     UnknownMethodError,
     UnsupportedArchitectureError,
 )
-from peftkit.io import base_fingerprint, fingerprints_match, load_adapter, read_adapter_dir, save_adapter
-from peftkit.merge import combine_adapters, merge_adapter
-from peftkit.quantization import describe_int8_paths, enable_fast_int8, load_base
-from peftkit.registry import MethodSpec, get_method, method_specs, methods, register_method
-from peftkit.state import adapter_state_dict
-from peftkit.summary import Summary, summary
-from peftkit.wrap import (
-    active_adapter,
-    adapters_disabled,
-    add_adapter,
-    disable_adapters,
-    enable_adapters,
-    on_optimizer_step,
-    set_active,
-    wrap,
-)
+
+# Public name -> defining module, imported on first use (torch, transformers and peft take seconds
+# to import; ``peftkit --help`` needs none of them). Built-in methods register when the registry is
+# first consulted.
+_EXPORTS = {
+    **dict.fromkeys(
+        ("base_fingerprint", "fingerprints_match", "load_adapter", "read_adapter_dir", "save_adapter"),
+        "peftkit.io",
+    ),
+    **dict.fromkeys(("combine_adapters", "merge_adapter"), "peftkit.merge"),
+    **dict.fromkeys(("describe_int8_paths", "enable_fast_int8", "load_base"), "peftkit.quantization"),
+    **dict.fromkeys(
+        ("MethodSpec", "get_method", "method_specs", "methods", "register_method"), "peftkit.registry"
+    ),
+    "adapter_state_dict": "peftkit.state",
+    **dict.fromkeys(("Summary", "summary"), "peftkit.summary"),
+    **dict.fromkeys(
+        (
+            "active_adapter",
+            "adapters_disabled",
+            "add_adapter",
+            "disable_adapters",
+            "enable_adapters",
+            "on_optimizer_step",
+            "set_active",
+            "wrap",
+        ),
+        "peftkit.wrap",
+    ),
+}
+__getattr__, __dir__ = _lazy.install(__name__, _EXPORTS)
+
+if TYPE_CHECKING:  # what type checkers and IDEs see
+    from peftkit.io import base_fingerprint, fingerprints_match, load_adapter, read_adapter_dir, save_adapter
+    from peftkit.merge import combine_adapters, merge_adapter
+    from peftkit.quantization import describe_int8_paths, enable_fast_int8, load_base
+    from peftkit.registry import MethodSpec, get_method, method_specs, methods, register_method
+    from peftkit.state import adapter_state_dict
+    from peftkit.summary import Summary, summary
+    from peftkit.wrap import (
+        active_adapter,
+        adapters_disabled,
+        add_adapter,
+        disable_adapters,
+        enable_adapters,
+        on_optimizer_step,
+        set_active,
+        wrap,
+    )
 
 __version__ = "0.1.0"
 

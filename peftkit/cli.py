@@ -24,8 +24,7 @@ from typing import Any
 
 from peftkit import __version__
 from peftkit.errors import PeftkitError
-from peftkit.merge.into_base import DTYPES, TASKS
-from peftkit.merge.tensors import COMBINATIONS
+from peftkit.merge.options import COMBINATIONS, DTYPE_NAMES, TASKS
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--out", required=True, metavar="DIR", help="output directory for the merged model")
     merge.add_argument(
         "--dtype",
-        choices=tuple(DTYPES),
+        choices=DTYPE_NAMES,
         default="float32",
         help="dtype of the saved weights",
     )

@@ -132,6 +132,8 @@ def register_method(
         ... def build(model, config, adapter_name, targets): ...
 
     """
+    # Importing the methods package also registers the built-ins, so that a plugin can never take
+    # their names (register_method(..., overwrite=True) replaces them deliberately).
     from peftkit.methods.base import MethodConfig
 
     def _register(fn: Callable[..., object | None]) -> MethodSpec:

@@ -15,10 +15,26 @@ adapter carried by a live model), :mod:`~peftkit.merge.into_base` (``merge_adapt
 
 from __future__ import annotations
 
-from peftkit.merge.combine import check_compatible, combine_adapters
-from peftkit.merge.fold import fold_adapter, is_quantized
-from peftkit.merge.into_base import load_base_for, merge_adapter
-from peftkit.merge.tensors import COMBINATIONS, LowRank, combine_low_rank, svd_low_rank
+from typing import TYPE_CHECKING
+
+from peftkit import _lazy
+from peftkit.merge.options import COMBINATIONS
+
+__getattr__, __dir__ = _lazy.install(
+    __name__,
+    {
+        **dict.fromkeys(("check_compatible", "combine_adapters"), "peftkit.merge.combine"),
+        **dict.fromkeys(("fold_adapter", "is_quantized"), "peftkit.merge.fold"),
+        **dict.fromkeys(("load_base_for", "merge_adapter"), "peftkit.merge.into_base"),
+        **dict.fromkeys(("LowRank", "combine_low_rank", "svd_low_rank"), "peftkit.merge.tensors"),
+    },
+)
+
+if TYPE_CHECKING:
+    from peftkit.merge.combine import check_compatible, combine_adapters
+    from peftkit.merge.fold import fold_adapter, is_quantized
+    from peftkit.merge.into_base import load_base_for, merge_adapter
+    from peftkit.merge.tensors import LowRank, combine_low_rank, svd_low_rank
 
 __all__ = [
     "merge_adapter",

@@ -32,19 +32,14 @@ from peftkit.errors import (
 from peftkit.io import AdapterFiles, describe_fingerprint, load_adapter, read_adapter_dir
 from peftkit.io.files import MERGED_ADAPTERS_ATTR, WEIGHTS_FILE
 from peftkit.merge.fold import NOT_MERGEABLE_HINT, check_not_quantized, fold_adapter
+from peftkit.merge.options import DTYPE_NAMES, TASKS
 from peftkit.registry import get_method
 from peftkit.state import PEFT_KEY_PREFIX, get_state, unwrap_model
 
 logger = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-#: ``--task`` values -> transformers auto class names.
-TASKS = {
-    "token-classification": "AutoModelForTokenClassification",
-    "sequence-classification": "AutoModelForSequenceClassification",
-    "causal-lm": "AutoModelForCausalLM",
-    "question-answering": "AutoModelForQuestionAnswering",
-}
+#: ``dtype`` names -> torch dtypes.
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 #: Files copied from the base directory when present (tokenizers of the common model families).
 TOKENIZER_FILES = (
     "tokenizer.json",

@@ -34,15 +34,7 @@ import torch
 from peft.utils import merge_utils
 
 from peftkit.errors import InvalidOptionError, MergeError, did_you_mean
-
-#: Rules applied to the A and B factors separately (all inputs must have the same rank).
-FACTOR_RULES = ("linear", "ties", "dare_linear", "dare_ties", "magnitude_prune")
-#: Rules applied to full delta weights followed by a truncated SVD.
-SVD_RULES = ("svd", "ties_svd", "dare_linear_svd", "dare_ties_svd", "magnitude_prune_svd")
-#: Every value accepted for ``how``.
-COMBINATIONS = ("linear", "cat", "svd", "ties", "dare_linear", "dare_ties", "magnitude_prune") + SVD_RULES[1:]
-#: Rules that need a ``density`` in (0, 1].
-NEEDS_DENSITY = tuple(h for h in COMBINATIONS if h.startswith(("ties", "dare", "magnitude_prune")))
+from peftkit.merge.options import COMBINATIONS, NEEDS_DENSITY, SVD_RULES
 
 
 @dataclass

@@ -1,0 +1,57 @@
+"""``import peftkit`` is cheap, and its public names resolve on first use (fresh interpreters)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+HEAVY = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "safetensors")
+
+
+def run_fresh(code: str) -> str:
+    """Run ``code`` in a new interpreter and return its stdout (fails the test on a non-zero exit)."""
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_cli_help_and_errors_need_no_heavy_library() -> None:
+    out = run_fresh(
+        f"""
+        import contextlib, io, sys
+        import peftkit, peftkit.cli
+        from peftkit import PeftkitError, UnknownMethodError
+        for argv in (["--help"], ["merge", "--help"], ["combine", "--help"], ["--version"]):
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+                peftkit.cli.main(argv)
+        print(sorted(m for m in sys.modules if m.split(".")[0] in {HEAVY!r}))
+        """
+    )
+    assert out.strip() == "[]"
+
+
+def test_public_names_survive_submodule_imports() -> None:
+    # peftkit.wrap, peftkit.summary and peftkit.methods are both functions and submodule names:
+    # importing the submodules first must not hide the functions.
+    out = run_fresh(
+        """
+        import peftkit.methods.lora, peftkit.wrap, peftkit.summary, peftkit.merge.tensors
+        import peftkit, peftkit.merge
+        assert callable(peftkit.wrap) and peftkit.wrap.__module__ == "peftkit.wrap", peftkit.wrap
+        assert callable(peftkit.summary) and peftkit.summary.__module__ == "peftkit.summary"
+        assert peftkit.methods() == sorted(peftkit.methods()) and "lora" in peftkit.methods()
+        missing = [n for n in peftkit.__all__ if n not in dir(peftkit)]
+        assert not missing, missing
+        for name in peftkit.__all__ + ["__version__"]:
+            getattr(peftkit, name)
+        for name in peftkit.merge.__all__:
+            getattr(peftkit.merge, name)
+        assert not hasattr(peftkit, "no_such_name")
+        from peftkit.wrap import on_optimizer_step  # the submodule itself still imports
+        print(peftkit.on_optimizer_step is on_optimizer_step)
+        """
+    )
+    assert out.strip() == "True"
