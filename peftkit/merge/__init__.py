@@ -24,7 +24,7 @@ __getattr__, __dir__ = _lazy.install(
     __name__,
     {
         **dict.fromkeys(("check_compatible", "combine_adapters"), "peftkit.merge.combine"),
-        **dict.fromkeys(("fold_adapter", "is_quantized"), "peftkit.merge.fold"),
+        "fold_adapter": "peftkit.merge.fold",
         **dict.fromkeys(("load_base_for", "merge_adapter"), "peftkit.merge.into_base"),
         **dict.fromkeys(("LowRank", "combine_low_rank", "svd_low_rank"), "peftkit.merge.tensors"),
     },
@@ -32,7 +32,7 @@ __getattr__, __dir__ = _lazy.install(
 
 if TYPE_CHECKING:
     from peftkit.merge.combine import check_compatible, combine_adapters
-    from peftkit.merge.fold import fold_adapter, is_quantized
+    from peftkit.merge.fold import fold_adapter
     from peftkit.merge.into_base import load_base_for, merge_adapter
     from peftkit.merge.tensors import LowRank, combine_low_rank, svd_low_rank
 
@@ -40,7 +40,6 @@ __all__ = [
     "merge_adapter",
     "combine_adapters",
     "fold_adapter",
-    "is_quantized",
     "load_base_for",
     "check_compatible",
     "combine_low_rank",

@@ -14,13 +14,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils.other import ModulesToSaveWrapper
 from torch import nn
 from tqdm.auto import tqdm
 
 from peftkit.errors import MergeError, QuantizationError
+from peftkit.quantization.memory import is_quantized
 from peftkit.registry import get_method
 from peftkit.state import _STATE_ATTR, adapter_layers, require_state, unwrap_model
 
@@ -32,14 +32,6 @@ NOT_MERGEABLE_HINT = (
     "bottleneck adapters into one, use `peftkit combine` (parameter averaging). `peftkit merge --head-only` writes "
     "the base model with the trained task head folded in, but WITHOUT the adapter layers."
 )
-
-
-def is_quantized(model: nn.Module) -> bool:
-    """Whether ``model`` holds 8-/4-bit (bitsandbytes) weights that an adapter cannot be merged into."""
-    inner = unwrap_model(model)
-    if getattr(inner, "is_loaded_in_8bit", False) or getattr(inner, "is_loaded_in_4bit", False):
-        return True
-    return any(not torch.is_floating_point(p) for p in inner.parameters())
 
 
 def check_not_quantized(model: nn.Module) -> None:

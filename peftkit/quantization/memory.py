@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import torch
 from torch import nn
 
 from peftkit.quantization.fast_int8 import packed_bytes
@@ -19,8 +18,11 @@ def _int8_linears(model: nn.Module) -> list[nn.Module]:
 
 
 def is_quantized(model: nn.Module) -> bool:
-    """Whether ``model`` holds bitsandbytes 8-bit linear layers with int8 weights."""
-    return any(layer.weight.dtype == torch.int8 for layer in _int8_linears(model))
+    """Whether ``model`` holds quantised weights: bitsandbytes 8-bit or 4-bit layers (integer parameters).
+
+    Works on bare, peft- and peftkit-wrapped models alike (it looks at the parameters).
+    """
+    return any(not p.is_floating_point() for p in model.parameters())
 
 
 @dataclass(frozen=True)
