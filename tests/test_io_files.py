@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -182,6 +185,37 @@ def test_failing_save_keeps_the_old_adapter(lora_dir: Path, adapter_copy: Path, 
     for path in lora_dir.iterdir():
         assert (adapter_copy / path.name).read_bytes() == path.read_bytes()
     torch.testing.assert_close(logits(load_adapter(make_model("bert"), adapter_copy), "bert"), expected)
+
+
+def test_a_save_removes_what_killed_saves_left_but_nothing_else(adapter_copy: Path, monkeypatch) -> None:
+    parent = adapter_copy.parent
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = io_files._host_tag()
+    leftovers = {
+        "dead-tmp": f".adapter.tmp-{host}-{dead.pid}-x1",  # killed between the writes and the swap
+        "dead-old": f".adapter.old-{host}-{dead.pid}-x2",  # killed between the two fallback renames
+        "live": f".adapter.tmp-{host}-{os.getppid()}-x3",  # another process saving right now
+        "other-host": f".adapter.tmp-elsewhere-{dead.pid}-x4",  # shared file system: not ours to judge
+        "other-target": f".other.tmp-{host}-{dead.pid}-x5",
+        "legacy-name": ".adapter.tmp-abcd1234",
+    }
+    for name in leftovers.values():
+        (parent / name).mkdir()
+        (parent / name / "adapter_model.safetensors").write_bytes(b"partial")
+
+    def full_disk(path: Path, data: bytes) -> None:
+        raise OSError("disk full")
+
+    with monkeypatch.context() as patch:  # a failed save removes nothing
+        patch.setattr(io_files, "write_file", full_disk)
+        with pytest.raises(OSError, match="disk full"):
+            save_adapter(trained("bert", "lora", adapter_seed=2), adapter_copy)
+    assert {p.name for p in parent.iterdir()} == {"adapter"} | set(leftovers.values())
+
+    save_adapter(trained("bert", "lora", adapter_seed=2), adapter_copy)
+    kept = {p.name for p in parent.iterdir()}
+    assert kept == {"adapter"} | set(leftovers.values()) - {leftovers["dead-tmp"], leftovers["dead-old"]}
 
 
 def test_overwrite_replaces_an_adapter_and_keeps_foreign_files(adapter_copy: Path) -> None:

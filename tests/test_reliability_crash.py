@@ -24,6 +24,7 @@ import torch
 
 from peftkit.errors import AdapterFileError
 from peftkit.io import read_adapter_dir
+from peftkit.io.files import atomic_write_dir
 from tests.tiny_models import MODEL_CLASSES
 
 pytestmark = pytest.mark.slow
@@ -230,6 +231,10 @@ def test_kill_9_during_save_adapter_leaves_a_complete_adapter(worker: Worker, tm
         holds = which_adapter(target, refs)
         assert holds in (saves[-1], "AB"[len(saves) % 2]), (holds, saves)  # the last complete or the next one
         leftovers_do_not_load(parent, target, refs)
+        # The next save to the same path clears what the killed process left beside it.
+        atomic_write_dir(target, {p.name: p.read_bytes() for p in Path(refs["A"]).iterdir()})
+        assert which_adapter(target, refs) == "A"
+        assert not [p.name for p in parent.iterdir() if p.name.startswith(".")]
 
 
 @pytest.mark.parametrize("exchange", [True, False], ids=["renameat2-exchange", "two-renames"])

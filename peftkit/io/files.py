@@ -6,14 +6,17 @@ configs from JSON.
 
 Atomic write protocol (:func:`atomic_write_dir`)::
 
-    parent/.NAME.tmp-XXXX/   <- every file written and fsync'ed here first
-    parent/NAME              <- Linux: swapped with the temp dir in one renameat2(RENAME_EXCHANGE),
-                                the old adapter (now in the temp dir) deleted; elsewhere: old adapter
-                                moved aside to parent/.NAME.old-XXXX, temp dir renamed into place
+    parent/.NAME.tmp-HOST-PID-XXXX/   <- every file written and fsync'ed here first
+    parent/NAME                       <- Linux: swapped with the temp dir in one renameat2(RENAME_EXCHANGE),
+                                         the old adapter (now in the temp dir) deleted; elsewhere: old
+                                         adapter moved aside to parent/.NAME.old-HOST-PID-XXXX, temp dir
+                                         renamed into place
 
 An existing adapter is only touched once the new one is complete on disk; an exception (or a
 ``kill -9``) at any point leaves either the old or the new adapter at ``NAME``, never a mix or
 nothing. A failed write (no space left, ...) raises :class:`~peftkit.errors.AdapterWriteError`.
+Temp directories that a killed process left beside ``NAME`` (their process on this host is gone)
+are deleted after the next successful save to ``NAME`` (:func:`remove_stale_temp_dirs`).
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
+import socket
 import sys
 import tempfile
 from collections.abc import Mapping
@@ -146,8 +151,60 @@ def atomic_write_dir(path: str | os.PathLike[str], files: Mapping[str, bytes]) -
     return target
 
 
+def temp_dir_beside(target: Path, kind: str = "tmp") -> Path:
+    """Create an empty hidden directory next to ``target``, named after it and this process.
+
+    The name ``.NAME.KIND-HOST-PID-XXXX`` lets :func:`remove_stale_temp_dirs` recognise it as
+    abandoned once this process is gone.
+    """
+    prefix = f".{target.name}.{kind}-{_host_tag()}-{os.getpid()}-"
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
+
+
+def remove_stale_temp_dirs(target: Path) -> list[Path]:
+    """Delete the temp directories beside ``target`` whose writing process (on this host) is gone.
+
+    Call it once ``target`` holds a complete new version: what a ``kill -9`` left behind is then
+    obsolete. Directories of live processes, of other hosts and anything else are left alone.
+
+    Returns:
+        The directories removed.
+
+    """
+    if os.name != "posix":  # liveness is checked with kill(pid, 0)
+        return []
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.(?:tmp|old)-{re.escape(_host_tag())}-(\d+)-[^/]+")
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in target.parent.iterdir():
+            match = pattern.fullmatch(entry.name)
+            if match and entry.is_dir() and not entry.is_symlink() and not _process_alive(int(match[1])):
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry)
+    if removed:
+        logger.info("Removed %d temp dir(s) left beside %s by interrupted saves", len(removed), target)
+    return removed
+
+
+@functools.cache
+def _host_tag() -> str:
+    return re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname())[:64] or "host"
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. EPERM: it exists, under another user
+        return True
+    return True
+
+
 def _write_and_publish(target: Path, files: Mapping[str, bytes]) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp = temp_dir_beside(target)
     try:
         for name, data in files.items():
             write_file(tmp / name, data)
@@ -157,13 +214,14 @@ def _write_and_publish(target: Path, files: Mapping[str, bytes]) -> None:
         elif not _exchange(
             tmp, target
         ):  # no atomic swap here: two renames (a crash between them is reported)
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            old = temp_dir_beside(target, "old")
             os.replace(target, old)  # onto an empty dir: allowed by POSIX rename
             os.replace(tmp, target)
             shutil.rmtree(old, ignore_errors=True)
         _fsync_dir(target.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # the temp dir, or after a swap the old adapter
+    remove_stale_temp_dirs(target)
 
 
 @functools.cache

@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from peftkit.errors import (
     QuantizationError,
 )
 from peftkit.io import AdapterFiles, describe_fingerprint, load_adapter, read_adapter_dir
-from peftkit.io.files import MERGED_ADAPTERS_ATTR, WEIGHTS_FILE
+from peftkit.io.files import MERGED_ADAPTERS_ATTR, WEIGHTS_FILE, remove_stale_temp_dirs, temp_dir_beside
 from peftkit.merge.fold import NOT_MERGEABLE_HINT, check_not_quantized, fold_adapter
 from peftkit.merge.options import DTYPE_NAMES, TASKS
 from peftkit.registry import get_method
@@ -208,7 +207,7 @@ def load_base_for(
 def save_merged(model: nn.Module, out: Path, base_dir: Path | None, report: dict[str, Any]) -> Path:
     """Save the merged model atomically: temp dir next to ``out``, renamed into place when complete."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = temp_dir_beside(out)
     try:
         model.save_pretrained(str(tmp))
         if base_dir is not None and base_dir.is_dir():
@@ -222,6 +221,7 @@ def save_merged(model: nn.Module, out: Path, base_dir: Path | None, report: dict
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    remove_stale_temp_dirs(out)
     logger.info("Saved merged model to %s", out)
     return out
 
