@@ -99,3 +99,36 @@ def test_adapter_round_trip_on_an_8bit_base(tiny_model_dir, tmp_path: Path) -> N
     torch.testing.assert_close(logits(base, "gpt2"), expected)
     fp32 = load_adapter(MODEL_CLASSES["gpt2"].from_pretrained(directory).eval(), tmp_path / "a")  # accepted
     torch.testing.assert_close(logits(fp32, "gpt2"), expected, atol=0.05, rtol=0.05)  # 8-bit vs fp32 base
+
+
+def test_a_bfloat16_load_matches_its_float32_checkpoint(family: str, tiny_model_dir) -> None:
+    directory = tiny_model_dir(family)
+    fp32 = base_fingerprint(MODEL_CLASSES[family].from_pretrained(directory))
+    bf16 = base_fingerprint(MODEL_CLASSES[family].from_pretrained(directory, dtype=torch.bfloat16))
+    assert bf16["dtype"] == "bfloat16" and fp32["dtype"] == "float32"
+    assert bf16["weights"] != fp32["weights"]  # float16 rounding of bf16 values: not what fp32 gives
+    assert fingerprints_match(fp32, bf16) and fingerprints_match(bf16, fp32)
+    other = base_fingerprint(make_model(family, seed=1).to(torch.bfloat16))
+    assert not fingerprints_match(fp32, other)
+
+
+def test_float32_bases_are_still_compared_at_float16_precision() -> None:
+    model = make_model("bert")
+    assert torch.all(model.bert.embeddings.LayerNorm.weight == 1.0)
+    reference = base_fingerprint(model)
+    with torch.no_grad():  # +0.2%: changes the float16 rounding, not the bfloat16 one
+        model.bert.embeddings.LayerNorm.weight[0] = 1.002
+    changed = base_fingerprint(model)
+    assert changed["weights_bf16"] == reference["weights_bf16"] and changed["weights"] != reference["weights"]
+    assert not fingerprints_match(reference, changed)  # both float32: bfloat16 agreement is not enough
+
+
+def test_an_adapter_trained_in_float32_loads_onto_a_bfloat16_base(tiny_model_dir, tmp_path: Path) -> None:
+    directory = tiny_model_dir("bert")
+    model = peftkit.wrap(MODEL_CLASSES["bert"].from_pretrained(directory), "lora", r=4)
+    train_briefly(model, "bert", steps=2)
+    expected = logits(model.eval(), "bert")
+    save_adapter(model, tmp_path / "a")
+    base = MODEL_CLASSES["bert"].from_pretrained(directory, dtype=torch.bfloat16).eval()
+    loaded = load_adapter(base, tmp_path / "a")  # strict: no BaseModelMismatchError
+    torch.testing.assert_close(logits(loaded, "bert").float(), expected, atol=0.05, rtol=0.05)

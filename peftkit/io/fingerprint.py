@@ -17,11 +17,12 @@ What the fingerprint covers:
   rounded to float16 so that fp32, fp16 and 8-bit loads of the same checkpoint agree. Tensors
   with more than 4096 elements contribute a fixed strided sample, so fingerprinting a 22M-parameter
   MiniLM takes milliseconds;
-* ``digest``: a short hash of both, shown in messages.
+* ``weights_bf16`` and ``dtype``: the same sample rounded to bfloat16, and the dtype those
+  weights had (a base loaded in bfloat16 has lost what float16 keeps);
+* ``digest``: a short hash of ``structure`` and ``weights``, shown in messages.
 
-Two fingerprints match when ``model_type``, ``structure`` and ``weights`` are equal
-(:func:`fingerprints_match`). A base loaded in bfloat16 rounds weights differently and does
-not match its fp32 fingerprint; load such adapters with ``strict=False``.
+Two fingerprints match when ``model_type`` and ``structure`` are equal and so are ``weights``
+or, when either base was loaded in bfloat16, ``weights_bf16`` (:func:`fingerprints_match`).
 """
 
 from __future__ import annotations
@@ -49,17 +50,18 @@ _DIGEST_CHARS = 16
 def base_fingerprint(model: nn.Module) -> dict[str, Any]:
     """Compute a cheap, deterministic identity of ``model``'s base (pretrained) weights.
 
-    The result is the same whether the base was loaded in fp32, fp16 or 8-bit, and whether or
-    not it already carries adapters (peftkit or peft); it changes when the architecture, the
-    parameter shapes or the pretrained weights change (e.g. another checkpoint or seed).
+    Fingerprints of one checkpoint loaded in fp32, fp16 or 8-bit are equal, and one loaded in
+    bf16 matches those of fp32 and 8-bit loads (:func:`fingerprints_match`), whether or not the
+    model already carries adapters (peftkit or peft); they stop matching when the architecture,
+    the parameter shapes or the pretrained weights change (e.g. another checkpoint or seed).
 
     Args:
         model: A transformers model, plain or wrapped by peftkit.
 
     Returns:
         A JSON-serialisable dict with ``version``, ``model_type``, ``architecture``,
-        ``name_or_path``, ``num_parameters`` (base view, heads excluded), ``structure``,
-        ``weights`` and ``digest`` (short hex hashes).
+        ``name_or_path``, ``num_parameters`` (base view, heads excluded), ``dtype`` (of the hashed
+        weights), and the short hex hashes ``structure``, ``weights``, ``weights_bf16`` and ``digest``.
 
     Example:
         >>> fp = peftkit.base_fingerprint(model)  # doctest: +SKIP
@@ -71,6 +73,8 @@ def base_fingerprint(model: nn.Module) -> dict[str, Any]:
     heads = tuple(head_module_names(inner))
     structure = hashlib.sha256()
     weights = hashlib.sha256()
+    weights_bf16 = hashlib.sha256()
+    dtype = None
     count = 0
     for name, param, owner in _base_parameters(inner):
         if any(name == h or name.startswith(h + ".") for h in heads):
@@ -80,7 +84,12 @@ def base_fingerprint(model: nn.Module) -> dict[str, Any]:
         count += _numel(shape)
         structure.update(f"{name}:{list(shape)}\n".encode())
         if not quantisable and param.device.type != "meta" and torch.is_floating_point(param):
-            weights.update(name.encode() + b"\0" + _sample_bytes(param))
+            sample = _sample(param)
+            weights.update(name.encode() + b"\0" + sample.to(torch.float16).numpy().tobytes())
+            weights_bf16.update(
+                name.encode() + b"\0" + sample.to(torch.bfloat16).view(torch.int16).numpy().tobytes()
+            )
+            dtype = dtype or str(param.dtype).removeprefix("torch.")
     structure_hex = structure.hexdigest()[:_DIGEST_CHARS]
     weights_hex = weights.hexdigest()[:_DIGEST_CHARS]
     config = getattr(inner, "config", None)
@@ -92,6 +101,8 @@ def base_fingerprint(model: nn.Module) -> dict[str, Any]:
         "num_parameters": count,
         "structure": structure_hex,
         "weights": weights_hex,
+        "weights_bf16": weights_bf16.hexdigest()[:_DIGEST_CHARS],
+        "dtype": dtype,
         "digest": hashlib.sha256(f"{structure_hex}{weights_hex}".encode()).hexdigest()[:_DIGEST_CHARS],
     }
 
@@ -104,7 +115,12 @@ def fingerprints_match(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bo
     """
     if not a or not b:
         return False
-    return all(a.get(key) == b.get(key) for key in ("model_type", "structure", "weights"))
+    if a.get("model_type") != b.get("model_type") or a.get("structure") != b.get("structure"):
+        return False
+    if a.get("weights") == b.get("weights"):
+        return True
+    bf16 = "bfloat16" in (a.get("dtype"), b.get("dtype"))  # float16 rounding cannot agree then
+    return bf16 and a.get("weights_bf16") is not None and a.get("weights_bf16") == b.get("weights_bf16")
 
 
 def mismatch_reason(expected: dict[str, Any], actual: dict[str, Any]) -> str:
@@ -116,7 +132,10 @@ def mismatch_reason(expected: dict[str, Any], actual: dict[str, Any]) -> str:
             "the parameter names or shapes differ "
             f"({expected.get('num_parameters')} vs {actual.get('num_parameters')} base parameters)"
         )
-    return "the architectures agree but the pretrained weights differ (another checkpoint, seed or precision)"
+    return (
+        "the architectures agree but the pretrained weights differ (another checkpoint or seed; "
+        "a float16 and a bfloat16 copy of one checkpoint differ too: load the base in float32)"
+    )
 
 
 def describe_fingerprint(fingerprint: dict[str, Any] | None) -> str:
@@ -169,8 +188,9 @@ def _numel(shape: tuple[int, ...]) -> int:
     return total
 
 
-def _sample_bytes(param: torch.Tensor) -> bytes:
+def _sample(param: torch.Tensor) -> torch.Tensor:
+    """A fixed strided sample of at most ``_SAMPLE`` elements, on the CPU in float32."""
     flat = param.detach().reshape(-1)
     if flat.numel() > _SAMPLE:
         flat = flat[:: flat.numel() // _SAMPLE][:_SAMPLE]
-    return flat.to(device="cpu", dtype=torch.float16).numpy().tobytes()
+    return flat.to(device="cpu", dtype=torch.float32)
