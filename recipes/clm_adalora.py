@@ -23,6 +23,7 @@ transformers model directory or a ``.gguf`` file.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import sys
@@ -63,6 +64,8 @@ class ClmConfig(common.CommonConfig):
         heldout_fraction: Share of the documents held out for perplexity.
         split_seed: Seed of the document split.
         tiny: Train a small random GPT-2 (MiniLM's tokenizer; saved to ``<output_dir>/tiny-base``).
+        sample_tokens: Tokens generated (greedy) after the opening of the first held-out blocks,
+            before and after training, logged and kept in ``metrics.json`` (0: none).
 
     """
 
@@ -72,6 +75,7 @@ class ClmConfig(common.CommonConfig):
     heldout_fraction: float = 0.1
     split_seed: int = 0
     tiny: bool = False
+    sample_tokens: int = 32
 
 
 def read_documents(config: ClmConfig) -> tuple[list[str], list[str]]:
@@ -145,6 +149,44 @@ def get_dataloaders(config: ClmConfig, tokenizer: Any):
     return train_dl, heldout_dl, len(heldout_blocks)
 
 
+#: Held-out blocks whose opening is continued by the samples, and the length of that opening.
+SAMPLE_PROMPTS = 2
+SAMPLE_PROMPT_TOKENS = 24
+
+
+def sample_prompts(heldout_blocks: Sequence[dict[str, Any]], config: ClmConfig) -> list[list[int]]:
+    """Token ids of the openings continued by the samples (none if ``sample_tokens`` is 0)."""
+    if config.sample_tokens <= 0:
+        return []
+    return [list(block["input_ids"][:SAMPLE_PROMPT_TOKENS]) for block in heldout_blocks[:SAMPLE_PROMPTS]]
+
+
+def continue_prompts(
+    model: torch.nn.Module, tokenizer: Any, prompts: list[list[int]], accelerator: Accelerator, tokens: int
+) -> list[str]:
+    """Greedy continuations of ``prompts`` (decoded text), generated on the main process only."""
+    texts: list[str] = []
+    if prompts and accelerator.is_main_process:
+        inner = accelerator.unwrap_model(model)
+        was_training = inner.training
+        inner.eval()
+        with torch.no_grad():
+            for ids in prompts:
+                input_ids = torch.tensor([ids], device=accelerator.device)
+                out = inner.generate(
+                    input_ids=input_ids,
+                    attention_mask=torch.ones_like(input_ids),
+                    max_new_tokens=tokens,
+                    do_sample=False,
+                    no_repeat_ngram_size=3,  # greedy decoding of small models loops otherwise
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+                texts.append(tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True))
+        inner.train(was_training)
+    accelerator.wait_for_everyone()
+    return texts
+
+
 def eval_step(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Per block: summed negative log-likelihood of the predicted tokens and their number."""
     index, labels = batch.pop("index"), batch.pop("labels")
@@ -188,12 +230,11 @@ def training_function(config: ClmConfig) -> int:
     params = common.apply_method(model, config, train_dl, accelerator)
     compute_metrics = make_compute_metrics(heldout_size)
     prepared_heldout = accelerator.prepare(heldout_dl)
+    prompts = sample_prompts(heldout_dl.dataset, config)
     before_clock = common.Stopwatch()
-    if config.method == common.FULL:
+    with contextlib.nullcontext() if config.method == common.FULL else peftkit.adapters_disabled(model):
         before = evaluate(model, prepared_heldout, accelerator, eval_step, compute_metrics)
-    else:
-        with peftkit.adapters_disabled(model):
-            before = evaluate(model, prepared_heldout, accelerator, eval_step, compute_metrics)
+        before_samples = continue_prompts(model, tokenizer, prompts, accelerator, config.sample_tokens)
     logger.info(
         "held-out perplexity before training: %.3f (%.1f s)", before["perplexity"], before_clock.seconds()
     )
@@ -213,6 +254,15 @@ def training_function(config: ClmConfig) -> int:
         return result.exit_code
     after = result.eval_metrics or evaluate(model, prepared_heldout, accelerator, eval_step, compute_metrics)
     logger.info("held-out perplexity: %.3f before, %.3f after", before["perplexity"], after["perplexity"])
+    after_samples = continue_prompts(model, tokenizer, prompts, accelerator, config.sample_tokens)
+    samples = [
+        {"prompt": tokenizer.decode(ids, skip_special_tokens=True), "before": old, "after": new}
+        for ids, old, new in zip(prompts, before_samples, after_samples, strict=False)
+    ]
+    for sample in samples:
+        logger.info(
+            "sample: %r\n  before: %r\n  after:  %r", sample["prompt"], sample["before"], sample["after"]
+        )
     metrics = {
         "task": "causal-lm",
         "method": config.method,
@@ -220,6 +270,7 @@ def training_function(config: ClmConfig) -> int:
         "before": before,
         "after": after,
         "train_blocks": len(train_dl.dataset),
+        "samples": samples,
         **params,
         "load_seconds": load_seconds,
         **training,

@@ -364,19 +364,24 @@ def clm_args(model: Path, text: Path, out: Path, *extra: object) -> list[object]
     ]  # fmt: skip
 
 
+def heldout_blocks(tokenizer, text: Path, max_length: int) -> list[dict]:
+    """The recipe's held-out blocks, rebuilt independently of it."""
+    from peftkit.data import Speech, pack_blocks, split_speeches
+
+    docs = [Speech(p.strip(), "", "") for p in text.read_text(encoding="utf-8").split("\n\n") if p.strip()]
+    heldout = split_speeches(docs, heldout_fraction=0.1, seed=0)[1]
+    return pack_blocks([d.text for d in heldout], tokenizer, block_size=max_length, drop_remainder=False)
+
+
 def perplexity_from_adapter(model_dir: Path, adapter: Path, text: Path, max_length: int) -> float:
     """Reload the adapter onto a fresh base and compute held-out perplexity block by block."""
     import math
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from peftkit.data import Speech, pack_blocks, split_speeches
-
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = peftkit.load_adapter(AutoModelForCausalLM.from_pretrained(model_dir), adapter).eval()
-    docs = [Speech(p.strip(), "", "") for p in text.read_text(encoding="utf-8").split("\n\n") if p.strip()]
-    heldout = split_speeches(docs, heldout_fraction=0.1, seed=0)[1]
-    blocks = pack_blocks([d.text for d in heldout], tokenizer, block_size=max_length, drop_remainder=False)
+    blocks = heldout_blocks(tokenizer, text, max_length)
     nll, tokens = 0.0, 0
     with torch.no_grad():
         for block in blocks:
@@ -403,6 +408,33 @@ def test_clm_recipe_lowers_perplexity_and_its_adalora_adapter_reproduces_it(
 
     again = perplexity_from_adapter(tiny_gpt2, out / "adapter", text_file, max_length=32)
     assert again == pytest.approx(after["perplexity"], rel=1e-4)
+    assert_samples_are_greedy_continuations(metrics["samples"], tiny_gpt2, out / "adapter", text_file)
+
+
+def assert_samples_are_greedy_continuations(
+    samples: list, model_dir: Path, adapter: Path, text: Path
+) -> None:
+    """The recipe's before/after samples are what the base and the saved adapter generate."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    prompts = [block["input_ids"][:24] for block in heldout_blocks(tokenizer, text, 32)[:2]]
+    assert len(samples) == len(prompts) == 2
+    models = {
+        "before": AutoModelForCausalLM.from_pretrained(model_dir).eval(),
+        "after": peftkit.load_adapter(AutoModelForCausalLM.from_pretrained(model_dir), adapter).eval(),
+    }
+    for sample, ids in zip(samples, prompts, strict=True):
+        assert sample["prompt"] == tokenizer.decode(ids, skip_special_tokens=True)
+        for when, model in models.items():
+            input_ids = torch.tensor([ids])
+            with torch.no_grad():
+                out = model.generate(
+                    input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=32,
+                    do_sample=False, no_repeat_ngram_size=3, pad_token_id=tokenizer.pad_token_id,
+                )  # fmt: skip
+            assert sample[when] == tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True), when
+    assert samples[0]["before"] != samples[0]["after"] or samples[1]["before"] != samples[1]["after"]
 
 
 def test_clm_recipe_adalora_resume_matches_the_uninterrupted_run(
