@@ -1,0 +1,55 @@
+"""The README's Python examples run as written (``path`` pointing at a tiny BERT checkpoint)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import BertModel
+
+import peftkit
+from tests.tiny_models import make_config
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def python_block(heading: str) -> str:
+    """The first ```python block under the README section ``heading``."""
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index(f"\n{heading}\n") :]
+    match = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+    assert match, f"no python block under {heading!r}"
+    return match.group(1)
+
+
+@pytest.fixture
+def bert_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A tiny BERT encoder without a task head (like all-MiniLM-L6-v2); the cwd is a temp dir."""
+    torch.manual_seed(0)
+    BertModel(make_config("bert")).save_pretrained(tmp_path / "base")
+    monkeypatch.chdir(tmp_path)
+    return str(tmp_path / "base")
+
+
+def run_example(heading: str, path: str) -> dict:
+    namespace = {"path": path, "peftkit": peftkit}  # later snippets continue the first one's imports
+    exec(compile(python_block(heading), f"README.md ({heading})", "exec"), namespace)
+    return namespace
+
+
+def test_python_api_example(bert_checkpoint: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    namespace = run_example("## Python API", bert_checkpoint)
+    assert "trainable" in capsys.readouterr().out  # the printed summary
+    model = namespace["model"]
+    assert peftkit.active_adapter(model) == "other"
+    for name in ("ner-lora", "other"):
+        assert (tmp_path / "out" / name / "adapter_model.safetensors").is_file()
+
+
+def test_8bit_example(bert_checkpoint: str) -> None:
+    pytest.importorskip("bitsandbytes")
+    model = run_example("## 8-bit bases", bert_checkpoint)["model"]
+    assert any(p.dtype == torch.int8 for p in model.parameters())
+    assert model.classifier.weight.dtype == torch.float32 and model.classifier.weight.requires_grad
