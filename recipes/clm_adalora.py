@@ -41,6 +41,7 @@ from transformers import AutoTokenizer
 import peftkit
 from peftkit.data import PaddingCollator, Speech, pack_blocks, read_speeches, split_speeches
 from peftkit.data._files import locate_package_file
+from peftkit.errors import ConfigError
 from peftkit.metrics import perplexity
 from peftkit.training import evaluate, train
 
@@ -76,6 +77,14 @@ class ClmConfig(common.CommonConfig):
     split_seed: int = 0
     tiny: bool = False
     sample_tokens: int = 32
+
+    def validate(self) -> None:
+        """Validate the common options, then ``sample_tokens``."""
+        super().validate()
+        if self.sample_tokens < 0:
+            raise ConfigError(
+                f"sample_tokens={self.sample_tokens} must be >= 0: pass e.g. --sample-tokens 32 (0: none)."
+            )
 
 
 def read_documents(config: ClmConfig) -> tuple[list[str], list[str]]:
@@ -286,4 +295,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(common.run_recipe(main))

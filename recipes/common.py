@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 import peftkit
 from peftkit.config import RecipeConfig, TrainConfig, config_to_dict, parse_config
 from peftkit.data import LengthGroupedSampler, PaddingCollator
-from peftkit.errors import ConfigError, TrainingError
+from peftkit.errors import ConfigError, PeftkitError, TrainingError
 from peftkit.training import TrainResult, build_accelerator, planned_optimizer_steps
 
 logger = logging.getLogger(__name__)
@@ -126,6 +126,27 @@ def parse_args(cls: type[TrainConfig], argv: Sequence[str] | None, default_confi
     if not any(a in ("-c", "--config") or a.startswith("--config=") for a in argv):
         argv = ["--config", str(CONFIG_DIR / default_config), *argv]
     return parse_config(cls, argv, prog=Path(sys.argv[0]).name)
+
+
+def run_recipe(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
+    """Run a recipe's ``main`` the way a command-line tool should end.
+
+    A :class:`~peftkit.errors.PeftkitError` (bad option, bad data file, NaN loss, ...) already says
+    what went wrong and what to do: it is printed as ``<recipe>: error: <message>`` on stderr, with
+    no traceback (``PEFTKIT_DEBUG=1`` shows it), and the exit status is 2 for configuration errors
+    (as argparse does) and 1 for the others. Other exceptions propagate unchanged.
+
+    Returns:
+        The exit status.
+
+    """
+    try:
+        return main(argv)
+    except PeftkitError as exc:
+        if os.environ.get("PEFTKIT_DEBUG", "") not in ("", "0"):
+            raise
+        print(f"{Path(sys.argv[0]).name}: error: {exc}", file=sys.stderr, flush=True)
+        return 2 if isinstance(exc, ConfigError) else 1
 
 
 def setup_logging(accelerator: Accelerator) -> None:

@@ -464,3 +464,35 @@ def test_clm_recipe_tiny_builds_and_saves_a_random_gpt2(text_file: Path, tmp_pat
     metrics = read_metrics(out)
     assert (out / "tiny-base" / "config.json").is_file()
     assert metrics["global_step"] == 4 and metrics["after"]["perplexity"] > 1.0
+
+
+def run_recipe_directly(recipe: str, *args: object) -> subprocess.CompletedProcess:
+    """``python recipes/<recipe> ARGS`` (no launcher), as a user would try options out."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PEFTKIT_DEBUG": "0"}
+    command = [sys.executable, str(RECIPES / recipe), *map(str, args)]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+
+
+@pytest.mark.parametrize("recipe", ["ner_lora.py", "sentiment_adapter.py", "clm_adalora.py"])
+def test_recipes_report_bad_options_in_one_line(recipe: str) -> None:
+    done = run_recipe_directly(recipe, "--lrr", "1e-3")
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"{recipe}: error: Command line: unknown option '--lrr'. Did you mean '--lr'? "
+        "Run with --help to list the options."
+    )
+
+
+def test_ner_recipe_reports_a_bad_data_file_in_one_line(
+    tiny_bert: Path, conll_files: dict[str, Path], tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken.txt"
+    broken.write_text("-DOCSTART- -X- -X- O\n\nPeter NNP B-NP B-PER\nlives\n", encoding="utf-8")
+    files = {**conll_files, "train": broken}
+    done = run_recipe_directly("ner_lora.py", *ner_args(tiny_bert, files, tmp_path / "out"))
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("ner_lora.py: error: ") and f"{broken}:4" in last, last
+    assert not (tmp_path / "out" / "adapter").exists()
