@@ -24,6 +24,7 @@ from typing import Any
 
 from peftkit import __version__
 from peftkit.errors import PeftkitError
+from peftkit.io.paths import check_adapter_dir
 from peftkit.merge.options import COMBINATIONS, DTYPE_NAMES, TASKS
 
 logger = logging.getLogger(__name__)
@@ -197,8 +198,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    if not getattr(args, "verbose", False) and not debug:
-        _quiet_libraries()
     try:
         return int(args.handler(args, parser) or 0)
     except PeftkitError as exc:
@@ -212,6 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _cmd_merge(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    check_adapter_dir(args.adapter)  # a mistyped path fails before the heavy imports
+    _quiet_libraries(args)
     from peftkit.merge import merge_adapter
 
     model = merge_adapter(
@@ -243,14 +244,17 @@ def _cmd_merge(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 
 
 def _cmd_combine(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from peftkit.merge import combine_adapters
-
     if len(args.adapters) < 2:
         parser.error("combine needs at least two adapter directories")
     if args.weights is not None and len(args.weights) != len(args.adapters):
         parser.error(
             f"--weights has {len(args.weights)} values for {len(args.adapters)} adapters: give one each"
         )
+    for directory in args.adapters:
+        check_adapter_dir(directory)
+    _quiet_libraries(args)
+    from peftkit.merge import combine_adapters
+
     out = combine_adapters(
         args.adapters,
         args.weights,
@@ -266,6 +270,7 @@ def _cmd_combine(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
 
 
 def _cmd_inspect(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    check_adapter_dir(args.adapter)
     from peftkit.merge.describe import describe_adapter, format_description
 
     info = describe_adapter(args.adapter)
@@ -296,8 +301,10 @@ def _cmd_methods(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     return 0
 
 
-def _quiet_libraries() -> None:
-    """Hide transformers' per-file loading bars and info logs (``--verbose`` keeps them)."""
+def _quiet_libraries(args: argparse.Namespace) -> None:
+    """Hide transformers' per-file loading bars and info logs (``--verbose`` / ``--debug`` keep them)."""
+    if getattr(args, "verbose", False) or getattr(args, "debug", False):
+        return
     import transformers
 
     transformers.utils.logging.set_verbosity_error()

@@ -18,7 +18,8 @@ def run_fresh(code: str) -> str:
     return done.stdout
 
 
-def test_cli_help_and_errors_need_no_heavy_library() -> None:
+def test_cli_help_and_errors_need_no_heavy_library(tmp_path) -> None:
+    missing = str(tmp_path / "no-such-adapter")
     out = run_fresh(
         f"""
         import contextlib, io, sys
@@ -27,6 +28,12 @@ def test_cli_help_and_errors_need_no_heavy_library() -> None:
         for argv in (["--help"], ["merge", "--help"], ["combine", "--help"], ["--version"]):
             with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
                 peftkit.cli.main(argv)
+        errors = io.StringIO()
+        with contextlib.redirect_stderr(errors):  # mistyped adapter paths fail before any heavy import
+            assert peftkit.cli.main(["inspect", {missing!r}]) == 1
+            assert peftkit.cli.main(["merge", "--base", "b", "--adapter", {missing!r}, "--out", "o"]) == 1
+            assert peftkit.cli.main(["combine", {missing!r}, {missing!r}, "--out", "o"]) == 1
+        assert errors.getvalue().count("does not exist") == 3, errors.getvalue()
         print(sorted(m for m in sys.modules if m.split(".")[0] in {HEAVY!r}))
         """
     )

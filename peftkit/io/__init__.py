@@ -15,10 +15,28 @@ ranks), :mod:`~peftkit.io.adapter_io` (save / load onto a model).
 
 from __future__ import annotations
 
-from peftkit.io.adapter_io import load_adapter, save_adapter
-from peftkit.io.files import CONFIG_FILE, META_FILE, WEIGHTS_FILE
-from peftkit.io.fingerprint import base_fingerprint, describe_fingerprint, fingerprints_match
-from peftkit.io.layout import FORMAT_VERSION, AdapterFiles, read_adapter_dir, write_adapter_dir
+from typing import TYPE_CHECKING
+
+from peftkit import _lazy
+from peftkit.io.paths import CONFIG_FILE, META_FILE, WEIGHTS_FILE, check_adapter_dir
+
+__getattr__, __dir__ = _lazy.install(
+    __name__,
+    {
+        **dict.fromkeys(("load_adapter", "save_adapter"), "peftkit.io.adapter_io"),
+        **dict.fromkeys(
+            ("base_fingerprint", "describe_fingerprint", "fingerprints_match"), "peftkit.io.fingerprint"
+        ),
+        **dict.fromkeys(
+            ("FORMAT_VERSION", "AdapterFiles", "read_adapter_dir", "write_adapter_dir"), "peftkit.io.layout"
+        ),
+    },
+)
+
+if TYPE_CHECKING:
+    from peftkit.io.adapter_io import load_adapter, save_adapter
+    from peftkit.io.fingerprint import base_fingerprint, describe_fingerprint, fingerprints_match
+    from peftkit.io.layout import FORMAT_VERSION, AdapterFiles, read_adapter_dir, write_adapter_dir
 
 __all__ = [
     "save_adapter",
@@ -33,4 +51,5 @@ __all__ = [
     "CONFIG_FILE",
     "WEIGHTS_FILE",
     "META_FILE",
+    "check_adapter_dir",
 ]

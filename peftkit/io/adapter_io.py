@@ -31,9 +31,10 @@ from peftkit.errors import (
     NotWrappedError,
     UnknownMethodError,
 )
-from peftkit.io.files import MERGED_ADAPTERS_ATTR, WEIGHTS_FILE
+from peftkit.io.files import MERGED_ADAPTERS_ATTR
 from peftkit.io.fingerprint import base_fingerprint, describe_fingerprint, fingerprints_match, mismatch_reason
 from peftkit.io.layout import FORMAT_VERSION, AdapterFiles, read_adapter_dir, write_adapter_dir
+from peftkit.io.paths import WEIGHTS_FILE
 from peftkit.io.peft_format import (
     build_peft_config,
     resize_by_rank_pattern,

@@ -44,16 +44,12 @@ from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 
 from peftkit.errors import AdapterFileError, AdapterWriteError, PeftkitError
+from peftkit.io.paths import ADAPTER_FILES, META_FILE
 
 logger = logging.getLogger(__name__)
 
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapter_model.safetensors"
 #: ``config.json`` attribute where ``peftkit merge`` lists the checksums of the adapters folded in.
 MERGED_ADAPTERS_ATTR = "peftkit_merged_adapters"
-META_FILE = "peftkit.json"
-#: Files that make up an adapter directory (a directory holding only these may be replaced whole).
-ADAPTER_FILES = frozenset({CONFIG_FILE, WEIGHTS_FILE, META_FILE, "adapter_model.bin", "README.md"})
 
 #: Bytes per element of each safetensors dtype code.
 DTYPE_SIZES = {

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from peftkit.errors import AdapterFileError
-from peftkit.io.files import CONFIG_FILE, META_FILE
+from peftkit.io.paths import CONFIG_FILE, META_FILE
 
 
 def _is_str_list(value: Any) -> bool:

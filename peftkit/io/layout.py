@@ -27,9 +27,6 @@ import torch
 
 from peftkit.errors import AdapterFileError, InvalidOptionError, UnknownMethodError
 from peftkit.io.files import (
-    CONFIG_FILE,
-    META_FILE,
-    WEIGHTS_FILE,
     atomic_write_dir,
     json_to_bytes,
     read_json,
@@ -38,6 +35,7 @@ from peftkit.io.files import (
     tensors_to_bytes,
 )
 from peftkit.io.json_schema import check_json_types
+from peftkit.io.paths import CONFIG_FILE, META_FILE, WEIGHTS_FILE, check_adapter_dir
 from peftkit.io.peft_format import PEFT_TYPE_TO_METHOD, options_from_peft_config
 from peftkit.registry import get_method
 from peftkit.state import PEFT_KEY_PREFIX
@@ -198,15 +196,8 @@ def read_adapter_dir(path: str | os.PathLike[str]) -> AdapterFiles:
         AdapterFileError: Naming the file (and tensor) at fault and how to fix it.
 
     """
-    directory = Path(path)
-    if not directory.is_dir():
-        raise AdapterFileError(_missing_dir_message(directory))
-    peft_config = read_json(directory / CONFIG_FILE) if (directory / CONFIG_FILE).exists() else None
-    if peft_config is None:
-        raise AdapterFileError(
-            f"{str(directory)!r} is not an adapter directory: {CONFIG_FILE} is missing. Pass the directory that "
-            "peftkit.save_adapter wrote."
-        )
+    directory = check_adapter_dir(path)
+    peft_config = read_json(directory / CONFIG_FILE)
     meta = read_json(directory / META_FILE) if (directory / META_FILE).exists() else {}
     _check_format_version(directory, meta)
     check_json_types(directory, peft_config, meta)
@@ -223,23 +214,6 @@ def read_adapter_dir(path: str | os.PathLike[str]) -> AdapterFiles:
     _check_tensors(files)
     _check_options(files)
     return files
-
-
-def _missing_dir_message(directory: Path) -> str:
-    message = f"Adapter directory {str(directory)!r} does not exist."
-    if directory.is_file():
-        return f"{str(directory)!r} is a file; pass the adapter directory that contains it."
-    leftovers = (
-        sorted(p.name for p in directory.parent.glob(f".{directory.name}.*-*"))
-        if directory.parent.is_dir()
-        else []
-    )
-    if leftovers:
-        message += (
-            f" A save into it was interrupted; complete copies may be in {', '.join(leftovers)} (in "
-            f"{str(directory.parent)!r}): rename the one holding {META_FILE} to {directory.name!r}."
-        )
-    return message
 
 
 def _check_format_version(directory: Path, meta: dict[str, Any]) -> None:

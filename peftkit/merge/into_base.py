@@ -29,7 +29,8 @@ from peftkit.errors import (
     QuantizationError,
 )
 from peftkit.io import AdapterFiles, describe_fingerprint, load_adapter, read_adapter_dir
-from peftkit.io.files import MERGED_ADAPTERS_ATTR, WEIGHTS_FILE, remove_stale_temp_dirs, temp_dir_beside
+from peftkit.io.files import MERGED_ADAPTERS_ATTR, remove_stale_temp_dirs, temp_dir_beside
+from peftkit.io.paths import WEIGHTS_FILE
 from peftkit.merge.fold import NOT_MERGEABLE_HINT, check_not_quantized, fold_adapter
 from peftkit.merge.options import DTYPE_NAMES, TASKS
 from peftkit.registry import get_method
