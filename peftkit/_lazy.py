@@ -3,7 +3,8 @@
 peftkit's public functions live in modules that import torch, transformers and peft (with
 bitsandbytes behind it: several seconds). A package ``__init__`` that imports them all makes
 ``peftkit --help`` as slow as a training run's start. :func:`install` instead resolves each public
-name on first access (PEP 562 module ``__getattr__``) and caches it in the package namespace.
+name on first access (PEP 562 module ``__getattr__``) and caches it in the package namespace;
+subpackages (``peftkit.quantization``, ...) are imported on first access the same way.
 
 Three public functions share their names with submodules (``peftkit.wrap``, ``peftkit.summary``,
 and ``peftkit.methods``, the built-in methods package). When such a submodule is first imported,
@@ -15,6 +16,7 @@ exported name; the submodule itself stays importable through ``sys.modules`` as 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 import types
 from collections.abc import Callable, Mapping
@@ -52,8 +54,10 @@ def install(package: str, exports: Mapping[str, str]) -> tuple[Callable[[str], A
 
     def __getattr__(name: str) -> Any:
         source = exports.get(name)
-        if source is None:
-            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        if source is None:  # a submodule, as if the package had imported it (peftkit.quantization...)
+            if name.startswith("__") or importlib.util.find_spec(f"{package}.{name}") is None:
+                raise AttributeError(f"module {package!r} has no attribute {name!r}")
+            return importlib.import_module(f"{package}.{name}")  # the import binds it on the package
         value = getattr(importlib.import_module(source), name)
         module.__dict__[name] = value  # cached: later lookups do not come here
         return value

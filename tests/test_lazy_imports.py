@@ -57,6 +57,7 @@ def test_public_names_survive_submodule_imports() -> None:
         for name in peftkit.merge.__all__:
             getattr(peftkit.merge, name)
         assert not hasattr(peftkit, "no_such_name")
+        assert callable(peftkit.quantization.load_base) and callable(peftkit.training.train)
         from peftkit.wrap import on_optimizer_step  # the submodule itself still imports
         print(peftkit.on_optimizer_step is on_optimizer_step)
         """
