@@ -53,3 +53,15 @@ def test_8bit_example(bert_checkpoint: str) -> None:
     model = run_example("## 8-bit bases", bert_checkpoint)["model"]
     assert any(p.dtype == torch.int8 for p in model.parameters())
     assert model.classifier.weight.dtype == torch.float32 and model.classifier.weight.requires_grad
+
+
+def test_every_test_the_readme_cites_exists() -> None:
+    text = README.read_text(encoding="utf-8")
+    root = README.parent
+    cited = re.findall(r"`(tests/[\w/]+\.py)((?:::\w+)?)`((?:, `::\w+`)*)", text)
+    assert len(cited) > 10, "the Guarantees table cites its tests"
+    for path, first, more in cited:
+        source = (root / path).read_text(encoding="utf-8")
+        for name in [first, *re.findall(r"::\w+", more)]:
+            if name:
+                assert f"def {name[2:]}(" in source, f"README cites {path}{name}, which does not exist"
