@@ -84,11 +84,9 @@ def base_fingerprint(model: nn.Module) -> dict[str, Any]:
         count += _numel(shape)
         structure.update(f"{name}:{list(shape)}\n".encode())
         if not quantisable and param.device.type != "meta" and torch.is_floating_point(param):
-            sample = _sample(param)
-            weights.update(name.encode() + b"\0" + sample.to(torch.float16).numpy().tobytes())
-            weights_bf16.update(
-                name.encode() + b"\0" + sample.to(torch.bfloat16).view(torch.int16).numpy().tobytes()
-            )
+            sample, key = _sample(param), name.encode() + b"\0"
+            weights.update(key + sample.to(torch.float16).numpy().tobytes())
+            weights_bf16.update(key + sample.to(torch.bfloat16).view(torch.int16).numpy().tobytes())
             dtype = dtype or str(param.dtype).removeprefix("torch.")
     structure_hex = structure.hexdigest()[:_DIGEST_CHARS]
     weights_hex = weights.hexdigest()[:_DIGEST_CHARS]
