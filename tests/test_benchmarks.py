@@ -7,6 +7,7 @@ import json
 import pytest
 
 from benchmarks.goals import Goal
+from benchmarks.machine import int8_tier
 from benchmarks.run import main
 from benchmarks.stats import summarize
 
@@ -64,3 +65,18 @@ def test_goal_verdicts(value, op, target, verdict):
 def test_summarize_quartiles():
     stat = summarize([4.0, 1.0, 3.0, 2.0, 5.0])
     assert (stat.median, stat.q1, stat.q3, stat.min, stat.max, stat.n) == (3.0, 2.0, 4.0, 1.0, 5.0, 5)
+
+
+@pytest.mark.parametrize(
+    ("flags", "tier"),
+    [
+        (["avx2", "fma", "avx512f", "avx512_vnni", "amx_tile", "amx_int8"], "amx"),
+        (["avx2", "fma", "avx512f", "avx512_vnni"], "vnni"),
+        (["avx2", "fma", "avx_vnni"], "vnni"),
+        (["avx2", "fma", "avx512f", "avx512bw"], "avx512"),
+        (["avx2", "fma"], "avx2"),
+        ([], ""),
+    ],
+)
+def test_machine_label_names_the_int8_tier(flags: list[str], tier: str) -> None:
+    assert int8_tier(flags) == tier

@@ -188,25 +188,64 @@ def test_shared_input_is_quantised_once_and_invalidated_by_in_place_changes() ->
     assert_close(got, expected)
 
 
-def test_training_and_autograd_fall_back_to_bitsandbytes() -> None:
-    _, layer = int8_layer(32, 16)
-    _, plain = int8_layer(32, 16)  # same seed: same weights, stays a plain bitsandbytes layer
+def straight_through_gradient(layer, grad_out: torch.Tensor) -> torch.Tensor:
+    """``grad_out @ dequant(W)`` in float64: the input gradient bitsandbytes' backward computes too."""
+    cb, scb = codes_and_scales(layer)
+    return grad_out.double() @ (cb * (scb / 127).unsqueeze(1))
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_forward_with_autograd_takes_the_fast_path_and_backpropagates(mode: str) -> None:
+    _, layer = int8_layer(32, 16, threshold=6.0)
     model = enable_fast_int8(nn.Sequential(layer))
-    x = torch.randn(4, 32)
-
-    model.train()
-    assert_close(model(x), plain.train()(x))  # same bitsandbytes code path, same result
-    assert describe_int8_paths(model) == {"fast_int8": 0, "bnb_fallback": 1, "idle": 0, "bnb": 0}
-
-    model.eval()
-    x.requires_grad_(True)
-    model(x).sum().backward()  # eval mode, but a gradient is wanted: bitsandbytes path
-    assert x.grad is not None and x.grad.abs().sum() > 0
-    assert describe_int8_paths(model)["bnb_fallback"] == 1
-
+    x = torch.randn(4, 3, 32)
+    x[..., 5] *= 20  # an outlier column, taken apart from the codes
     with torch.no_grad():
-        model(x)
+        expected = model.eval()(x)
+    model.train(mode == "train")
+    leaf = x.clone().requires_grad_(True)
+    hidden = leaf * 1.0
+    penalty = hidden.square().sum()  # autograd saved `hidden`: touching it in place would break backward
+    out = model(hidden)
     assert describe_int8_paths(model) == {"fast_int8": 1, "bnb_fallback": 0, "idle": 0, "bnb": 0}
+    assert torch.equal(out.detach(), expected)  # the same numbers as inference
+    assert out.requires_grad
+    grad_out = torch.randn_like(out)
+    (out * grad_out).sum().add(penalty).backward()
+    assert_close(leaf.grad.double(), straight_through_gradient(layer, grad_out) + 2 * x.double())
+
+
+def test_trainable_bias_gets_its_gradient() -> None:
+    _, layer = int8_layer(32, 16)
+    model = enable_fast_int8(nn.Sequential(layer)).train()
+    layer.bias.requires_grad_(True)
+    x = torch.randn(6, 32)  # no input gradient wanted: only the bias needs the graph
+    grad_out = torch.randn(6, 16)
+    (model(x) * grad_out).sum().backward()
+    assert describe_int8_paths(model)["fast_int8"] == 1
+    assert_close(layer.bias.grad, grad_out.sum(0))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_gradients_keep_the_input_dtype(dtype: torch.dtype) -> None:
+    _, layer = int8_layer(32, 16)
+    model = enable_fast_int8(nn.Sequential(layer)).train()
+    x = torch.randn(5, 32, dtype=dtype, requires_grad=True)
+    out = model(x)
+    assert out.dtype == dtype
+    out.float().sum().backward()
+    assert x.grad.dtype == dtype
+    expected = straight_through_gradient(layer, torch.ones(5, 16))
+    assert_close(x.grad.double(), expected, rtol=0.02, atol=0.02)
+
+
+def test_disabled_fast_path_trains_on_bitsandbytes() -> None:
+    _, layer = int8_layer(32, 16)
+    model = enable_fast_int8(enable_fast_int8(nn.Sequential(layer)), enabled=False).train()
+    x = torch.randn(4, 32, requires_grad=True)
+    model(x).sum().backward()
+    assert describe_int8_paths(model) == {"fast_int8": 0, "bnb_fallback": 0, "idle": 0, "bnb": 1}
+    assert_close(x.grad.double(), straight_through_gradient(layer, torch.ones(4, 16)), rtol=0.02, atol=0.02)
 
 
 def test_enable_disable_and_describe() -> None:

@@ -1,4 +1,4 @@
-"""8-bit (bitsandbytes) bases: loading with full-precision heads, and a fast int8 CPU inference path.
+"""8-bit (bitsandbytes) bases: loading with full-precision heads, and a fast int8 CPU path (inference and training).
 
 ::
 

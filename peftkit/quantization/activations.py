@@ -146,7 +146,12 @@ def _verified(stats: torch.Tensor, outliers: torch.Tensor | None, threshold: flo
 
 
 def _writable(x2: torch.Tensor) -> torch.Tensor:
-    """``x2`` itself if columns may be zeroed and restored in place, else a private copy."""
+    """``x2`` itself if columns may be zeroed and restored in place, else a private copy.
+
+    Never in place on a tensor autograd tracks (a view of one still says ``requires_grad`` inside an
+    autograd function's forward): restoring the values would still bump its version counter, and
+    autograd refuses saved tensors that changed version.
+    """
     if (
         x2.is_contiguous()
         and not x2.requires_grad

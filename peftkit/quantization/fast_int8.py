@@ -1,13 +1,17 @@
-r"""Fast 8-bit inference on CPU for bitsandbytes ``Linear8bitLt`` layers.
+r"""Fast 8-bit CPU forward passes for bitsandbytes ``Linear8bitLt`` layers, inference and training.
 
-bitsandbytes 0.50's CPU inference path for ``Linear8bitLt`` converts activations to fp16, quantises
-them, and multiplies in fp32 (several times slower than the fp32 model). :func:`enable_fast_int8`
-switches each layer's class, in place, to a subclass whose ``forward`` runs an int8 GEMM instead
-(:mod:`peftkit.quantization.int8_kernels`) whenever no gradient is needed, and calls bitsandbytes'
-own ``forward`` otherwise::
+bitsandbytes 0.50's CPU path for ``Linear8bitLt`` converts activations to fp16, quantises them, and
+multiplies in fp32 (several times slower than the fp32 model). :func:`enable_fast_int8` switches
+each layer's class, in place, to a subclass whose ``forward`` runs an int8 GEMM instead
+(:mod:`peftkit.quantization.int8_kernels`) and calls bitsandbytes' own ``forward`` only where
+that does not apply::
 
-    forward(x) --CPU, no autograd graph, oneDNN usable?--yes--> per-token int8 x int8 GEMM (fast)
-                                                       \--no---> bitsandbytes Linear8bitLt.forward
+    forward(x) --CPU, float input, oneDNN usable?--yes--> per-token int8 x int8 GEMM (fast)
+                                                 \--no---> bitsandbytes Linear8bitLt.forward
+
+When a gradient is wanted (adapter training on the frozen 8-bit base), the fast forward runs
+inside an autograd function whose backward is the straight-through estimator bitsandbytes uses
+too: ``grad_x = grad_out @ dequant(W)``, with the weight dequantised for that product only.
 
 The layer stays a ``bnb.nn.Linear8bitLt`` (peft's LoRA/AdaLoRA dispatch and its ``lora.bnb``
 wrappers keep working, and state dicts are unchanged); its int8 weight and scales are reused. The
@@ -53,11 +57,11 @@ def import_bitsandbytes() -> Any:
 
 @functools.cache
 def fast_linear_class() -> type:
-    """The ``bnb.nn.Linear8bitLt`` subclass with the fast CPU inference path (created on first use)."""
+    """The ``bnb.nn.Linear8bitLt`` subclass with the fast int8 CPU path (created on first use)."""
     bnb = import_bitsandbytes()
 
     class FastInt8Linear(bnb.nn.Linear8bitLt):
-        """``bnb.nn.Linear8bitLt`` whose inference forward on CPU runs an int8 GEMM.
+        """``bnb.nn.Linear8bitLt`` whose forward on CPU runs an int8 GEMM.
 
         Not constructed directly: :func:`enable_fast_int8` switches the class of existing layers.
         """
@@ -65,8 +69,11 @@ def fast_linear_class() -> type:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             reason = fast_path_blocker(self, x)
             if reason is None:
-                _note_path(self, FAST, "CPU inference")
-                return _fast_forward(self, x)
+                if not _wants_grad(self, x):
+                    _note_path(self, FAST, "CPU inference")
+                    return _fast_forward(self, x)
+                _note_path(self, FAST, "CPU training")
+                return _Int8LinearFunction.apply(x, self.bias, self)
             _note_path(self, BNB, reason)
             return super().forward(x)
 
@@ -82,17 +89,11 @@ def fast_path_blocker(layer: nn.Module, x: torch.Tensor) -> str | None:
         x: The input about to be multiplied.
 
     Returns:
-        A short reason (``"training"``, ``"autograd"``, ``"device cuda"``, ...) or ``None``.
+        A short reason (``"device cuda"``, ``"input dtype torch.int64"``, ...) or ``None``.
 
     """
     if x.device.type != "cpu":
         return f"device {x.device.type}"
-    if torch.is_grad_enabled():
-        if layer.training:
-            return "training"
-        bias = layer.bias
-        if x.requires_grad or (bias is not None and bias.requires_grad):
-            return "autograd"
     if not x.is_floating_point():
         return f"input dtype {x.dtype}"
     if x.numel() == 0:
@@ -108,6 +109,38 @@ def fast_path_blocker(layer: nn.Module, x: torch.Tensor) -> str | None:
     if kernels.activation_code_max() is None:
         return "oneDNN int8 kernels unavailable"
     return None
+
+
+def _wants_grad(layer: nn.Module, x: torch.Tensor) -> bool:
+    bias = layer.bias
+    return torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad))
+
+
+class _Int8LinearFunction(torch.autograd.Function):
+    """The fast int8 forward with bitsandbytes' straight-through backward (the weight is frozen)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, bias: torch.Tensor | None, layer: nn.Module) -> torch.Tensor:
+        out = _fast_forward(layer, x)
+        ctx.codes = (layer.state.CB, layer.state.SCB)  # the weight this forward used (references)
+        ctx.input_dtype, ctx.input_shape, ctx.bias_dtype = (
+            x.dtype,
+            x.shape,
+            None if bias is None else bias.dtype,
+        )
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+        grad_2d = grad_out.reshape(-1, grad_out.shape[-1]).float()
+        grad_x = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            cb, scb = ctx.codes
+            weight = cb.float().mul_((scb.float() / 127.0).unsqueeze(1))  # (N, K), only for this product
+            grad_x = (grad_2d @ weight).view(ctx.input_shape).to(ctx.input_dtype)
+        if ctx.needs_input_grad[1]:
+            grad_bias = grad_2d.sum(0).to(ctx.bias_dtype)
+        return grad_x, grad_bias, None
 
 
 def _note_path(layer: nn.Module, path: str, reason: str) -> None:
@@ -161,12 +194,12 @@ def _int8_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def enable_fast_int8(model: nn.Module, enabled: bool = True) -> nn.Module:
-    """Switch the fast int8 CPU inference path on (or off) for every 8-bit layer of ``model``.
+    """Switch the fast int8 CPU path on (or off) for every 8-bit layer of ``model``.
 
     The switch is in place (each layer's class changes; weights, hooks and peft wrappers stay) and
     can be undone with ``enabled=False``, which also frees the packed weight copies. Layers take
-    the fast path only when it applies (CPU tensors, no autograd graph needed) and fall back to
-    bitsandbytes otherwise, so training is unaffected.
+    the fast path where it applies (CPU, floating-point input), in inference and in training (with
+    bitsandbytes' straight-through input gradient), and fall back to bitsandbytes otherwise.
 
     Args:
         model: A model holding ``bnb.nn.Linear8bitLt`` layers (e.g. from
@@ -226,7 +259,7 @@ def describe_int8_paths(model: nn.Module) -> dict[str, int]:
     Returns:
         ``{"fast_int8": n, "bnb_fallback": n, "idle": n, "bnb": n}``: fast-path layers whose last
         forward ran the int8 GEMM; fast-path layers whose last forward fell back to bitsandbytes
-        (training, autograd, CUDA, ...); fast-path layers not run since enabling; plain bitsandbytes
+        (CUDA, integer or empty input, ...); fast-path layers not run since enabling; plain bitsandbytes
         layers. The values add up to the number of 8-bit layers (all zero without bitsandbytes).
 
     """

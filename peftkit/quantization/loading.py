@@ -5,7 +5,7 @@ With ``load_in_8bit=True`` the backbone's ``nn.Linear`` / GPT-2 ``Conv1D`` layer
 ``score``, ``qa_outputs``, and ``lm_head``) is found before any weight is read, by building the
 architecture on the meta device, and kept in full precision through ``llm_int8_skip_modules``.
 Layer norms and embeddings are never quantised. The result is frozen except for its task heads,
-ready for :func:`peftkit.wrap`, and on CPU runs inference on the fast int8 path.
+ready for :func:`peftkit.wrap`, and on CPU runs inference and training forwards on the fast int8 path.
 """
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ def load_base(
         device_map: Passed to ``from_pretrained``. For 8-bit it defaults to CUDA device 0 when
             available, else ``"cpu"``.
         gradient_checkpointing: Enable non-reentrant gradient checkpointing.
-        fast_int8: Enable the fast int8 CPU inference path (:func:`enable_fast_int8`). ``None``
+        fast_int8: Enable the fast int8 CPU path for inference and training (:func:`enable_fast_int8`). ``None``
             (default) enables it when the 8-bit model is on CPU. Ignored without ``load_in_8bit``.
         **from_pretrained_kwargs: Passed to ``from_pretrained`` (``dtype``, ``revision``, ...).
 
