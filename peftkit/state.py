@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from peft.tuners.tuners_utils import BaseTunerLayer
-from peft.utils.other import AuxiliaryTrainingWrapper, ModulesToSaveWrapper
 from torch import nn
 
+from peftkit._peft import is_modules_to_save, is_training_wrapper, is_tuner_layer
 from peftkit.errors import NotWrappedError
 
 _STATE_ATTR = "_peftkit_state"
@@ -96,7 +95,7 @@ def ensure_state(model: nn.Module) -> PeftkitState:
 def adapter_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     """Yield ``(name, module)`` for every adapter layer and head wrapper in the model."""
     for name, module in unwrap_model(model).named_modules():
-        if isinstance(module, (BaseTunerLayer, AuxiliaryTrainingWrapper)):
+        if is_tuner_layer(module) or is_training_wrapper(module):
             yield name, module
 
 
@@ -104,9 +103,9 @@ def adapter_parameters(model: nn.Module, adapter_name: str) -> dict[str, nn.Para
     """Parameters belonging to one adapter (method weights and its head copies), by full name."""
     found: dict[str, nn.Parameter] = {}
     for module_name, module in adapter_layers(model):
-        if isinstance(module, ModulesToSaveWrapper):
+        if is_modules_to_save(module):
             containers = {"modules_to_save": module.modules_to_save}
-        elif isinstance(module, BaseTunerLayer):
+        elif is_tuner_layer(module):
             containers = {attr: getattr(module, attr, None) for attr in module.adapter_layer_names}
         else:
             continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -63,3 +64,32 @@ def test_public_names_survive_submodule_imports() -> None:
         """
     )
     assert out.strip() == "True"
+
+
+def test_methods_and_inspect_do_not_import_peft(tmp_path) -> None:
+    # peft takes seconds to import; listing methods and describing adapter files never need it.
+    import peftkit
+    from tests.tiny_models import make_model
+
+    for method in ("lora", "adapter"):
+        peftkit.save_adapter(peftkit.wrap(make_model("bert"), method), tmp_path / method)
+    out = run_fresh(
+        f"""
+        import contextlib, io, json, sys
+        import peftkit.cli
+        listed, described = io.StringIO(), {{}}
+        with contextlib.redirect_stdout(listed):
+            assert peftkit.cli.main(["methods", "--json"]) == 0
+        for method in ("lora", "adapter"):
+            text = io.StringIO()
+            with contextlib.redirect_stdout(text):
+                assert peftkit.cli.main(["inspect", "--json", {str(tmp_path)!r} + "/" + method]) == 0
+            described[method] = json.loads(text.getvalue())["method"]
+        names = [row["name"] for row in json.loads(listed.getvalue())["methods"]]
+        print(json.dumps([names, described, sorted(m for m in sys.modules if m.split(".")[0] == "peft")]))
+        """
+    )
+    names, described, peft_modules = json.loads(out)
+    assert {"lora", "adalora", "adapter"} <= set(names)
+    assert described == {"lora": "lora", "adapter": "adapter"}
+    assert peft_modules == []

@@ -94,7 +94,7 @@ def test_regex_target_modules_restricts_to_one_layer() -> None:
     [("houlsby", 2), ("pfeiffer", 1)],
 )
 def test_adapter_placement(family: str, placement: str, per_layer: int) -> None:
-    from peftkit.methods.adapter import BottleneckLayer
+    from peftkit.methods.bottleneck import BottleneckLayer
 
     model = peftkit.wrap(make_model(family), "adapter", placement=placement, reduction_factor=8)
     layers = [n for n, m in model.named_modules() if isinstance(m, BottleneckLayer)]

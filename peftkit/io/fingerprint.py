@@ -33,10 +33,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from peft.tuners.tuners_utils import BaseTunerLayer
-from peft.utils.other import AuxiliaryTrainingWrapper
 from torch import nn
 
+from peftkit._peft import is_training_wrapper, is_tuner_layer
 from peftkit.state import unwrap_model
 from peftkit.targets import head_module_names, is_linear_like, model_type
 
@@ -155,10 +154,10 @@ def _base_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter, nn.M
     stack: list[tuple[str, nn.Module]] = [("", model)]
     while stack:
         prefix, module = stack.pop()
-        if isinstance(module, BaseTunerLayer) and isinstance(module, nn.Module):
+        if is_tuner_layer(module) and isinstance(module, nn.Module):
             stack.append((prefix, module.get_base_layer()))
             continue
-        if isinstance(module, AuxiliaryTrainingWrapper):
+        if is_training_wrapper(module):
             stack.append((prefix, module.original_module))
             continue
         for pname, param in module.named_parameters(recurse=False):

@@ -15,9 +15,9 @@ import enum
 from typing import Any
 
 import torch
-from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
+from peftkit._peft import is_tuner_layer
 from peftkit.registry import MethodSpec
 from peftkit.state import PEFT_KEY_PREFIX, AdapterRecord
 
@@ -84,7 +84,7 @@ def targets_conv1d(model: nn.Module, targets: list[str]) -> bool:
     """
     for name in targets:
         module = model.get_submodule(name)
-        base = module.get_base_layer() if isinstance(module, BaseTunerLayer) else module
+        base = module.get_base_layer() if is_tuner_layer(module) else module
         if type(base).__name__ == "Conv1D":
             return True
     return False

@@ -31,7 +31,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from peft.utils import merge_utils
 
 from peftkit.errors import InvalidOptionError, MergeError, did_you_mean
 from peftkit.merge.options import COMBINATIONS, NEEDS_DENSITY, SVD_RULES
@@ -240,6 +239,8 @@ def _apply_rule(
     density: float | None,
     majority_sign_method: str,
 ) -> torch.Tensor:
+    from peft.utils import merge_utils  # importing peft takes seconds: only when combining
+
     w = torch.tensor(list(weights), dtype=torch.float32)
     if how == "linear":
         return merge_utils.task_arithmetic(tensors, w)

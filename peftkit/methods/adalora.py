@@ -17,17 +17,19 @@ own ``forward``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from peft import AdaLoraConfig
-from peft.tuners.adalora import AdaLoraModel
 from torch import nn
 
 from peftkit.errors import InvalidOptionError
 from peftkit.methods.base import MethodConfig, check_dropout, check_positive, require
 from peftkit.methods.lora import uses_conv1d
 from peftkit.registry import register_method
+
+if TYPE_CHECKING:
+    from peft import AdaLoraConfig
+    from peft.tuners.adalora import AdaLoraModel
 
 
 @dataclasses.dataclass
@@ -153,6 +155,8 @@ def to_peft_adalora_config(
     config: AdaLoraOptions, targets: list[str] | str, model: nn.Module
 ) -> AdaLoraConfig:
     """Translate peftkit options into a ``peft.AdaLoraConfig``."""
+    from peft import AdaLoraConfig
+
     return AdaLoraConfig(
         total_step=config.total_step,
         target_r=config.target_r,
@@ -177,5 +181,7 @@ def build_adalora(
     model: nn.Module, config: AdaLoraOptions, adapter_name: str, targets: list[str] | str
 ) -> AdaLoraHandle:
     """SVD-parametrised LoRA whose rank budget is reallocated during training."""
+    from peft.tuners.adalora import AdaLoraModel
+
     tuner = AdaLoraModel(model, to_peft_adalora_config(config, targets, model), adapter_name)
     return AdaLoraHandle(tuner, model, adapter_name, config.orth_reg_weight)

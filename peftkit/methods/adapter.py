@@ -13,19 +13,17 @@ residual bottleneck to its output, before the sub-layer's own residual connectio
 ``up`` starts at zero, so the wrapped model equals the base model at step 0. The layer follows
 peft's conventions (``BaseTunerLayer``: weights in ``ModuleDict``s keyed by adapter name,
 ``set_adapter`` / ``enable_adapters``), so several adapters can live on one model. Bottleneck
-adapters are non-linear and therefore cannot be merged into the base weights.
+adapters are non-linear and therefore cannot be merged into the base weights. The layer itself
+lives in :mod:`peftkit.methods.bottleneck`, imported when an adapter is built (it needs peft).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal
+from typing import Literal
 
-import torch
-from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from peftkit.errors import MergeError
 from peftkit.methods.base import MethodConfig, check_dropout, check_positive, require
 from peftkit.registry import register_method
 from peftkit.targets import matches, sublayer_targets
@@ -81,104 +79,6 @@ class BottleneckOptions(MethodConfig):
         check_positive("init_std", self.init_std, "0.01")
 
 
-def output_features(module: nn.Module) -> int:
-    """Output width of a linear-like module (``nn.Linear``, ``Conv1D``, bitsandbytes layers)."""
-    if hasattr(module, "out_features"):
-        return int(module.out_features)
-    if hasattr(module, "nf"):  # transformers Conv1D
-        return int(module.nf)
-    raise TypeError(
-        f"Cannot place a bottleneck adapter after a {type(module).__name__}: it has no output width."
-    )
-
-
-class BottleneckLayer(nn.Module, BaseTunerLayer):
-    """A frozen output projection followed by one bottleneck adapter per adapter name."""
-
-    adapter_layer_names = ("adapter_down", "adapter_up", "adapter_norm")
-    other_param_names = ("adapter_options",)
-
-    def __init__(self, base_layer: nn.Module, adapter_name: str, config: BottleneckOptions) -> None:
-        """Wrap ``base_layer`` and add the adapter ``adapter_name`` described by ``config``."""
-        super().__init__()
-        self.base_layer = base_layer
-        self.adapter_down = nn.ModuleDict()
-        self.adapter_up = nn.ModuleDict()
-        self.adapter_norm = nn.ModuleDict()
-        self.adapter_options: dict[str, dict[str, Any]] = {}
-        self._disable_adapters = False
-        self.merged_adapters = []
-        self._active_adapter = adapter_name
-        self.update_layer(adapter_name, config)
-
-    def update_layer(self, adapter_name: str, config: BottleneckOptions) -> None:
-        """Add (or replace) the bottleneck ``adapter_name``."""
-        width = output_features(self.base_layer)
-        bottleneck = max(1, int(width // config.reduction_factor))
-        weight = getattr(self.base_layer, "weight", None)
-        device = weight.device if weight is not None else None
-        down = nn.Linear(width, bottleneck, device=device)
-        up = nn.Linear(bottleneck, width, device=device)
-        nn.init.normal_(down.weight, std=config.init_std)
-        nn.init.zeros_(down.bias)
-        nn.init.zeros_(up.weight)
-        nn.init.zeros_(up.bias)
-        self.adapter_down[adapter_name] = down
-        self.adapter_up[adapter_name] = up
-        if config.layer_norm:
-            self.adapter_norm[adapter_name] = nn.LayerNorm(width, device=device)
-        self.adapter_options[adapter_name] = {
-            "activation": ACTIVATIONS[config.non_linearity](),
-            "dropout": nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity(),
-            "scaling": config.scaling,
-        }
-        self.set_adapter(self.active_adapters)
-
-    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """Base projection, then ``h + scaling * up(act(down(h)))`` for each active adapter."""
-        hidden = self.base_layer(x, *args, **kwargs)
-        if self.disable_adapters:
-            return hidden
-        for name in self.active_adapters:
-            if name not in self.adapter_down:
-                continue
-            options = self.adapter_options[name]
-            down = self.adapter_down[name]
-            h = hidden if hidden.dtype == down.weight.dtype else hidden.to(down.weight.dtype)
-            if name in self.adapter_norm:
-                h = self.adapter_norm[name](h)
-            h = self.adapter_up[name](options["dropout"](options["activation"](down(h))))
-            if h.dtype == hidden.dtype:  # one fused kernel, no separate multiply forward or backward
-                hidden = torch.add(hidden, h, alpha=options["scaling"])
-            else:
-                hidden = hidden + (options["scaling"] * h).to(hidden.dtype)
-        return hidden
-
-    def train(self, mode: bool = True) -> BottleneckLayer:
-        """Propagate train/eval mode to the per-adapter dropout modules too."""
-        super().train(mode)
-        for options in self.adapter_options.values():
-            options["dropout"].train(mode)
-        return self
-
-    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
-        """Bottleneck adapters are non-linear: they cannot be folded into a weight matrix."""
-        raise MergeError(
-            "A bottleneck adapter is non-linear (down-projection, activation, up-projection) and cannot be merged "
-            "into the base weights. Keep the adapter file and load it with peftkit.load_adapter, or average several "
-            "bottleneck adapters with `peftkit combine`."
-        )
-
-    def delete_adapter(self, adapter_name: str) -> None:
-        """Remove one adapter from this layer."""
-        super().delete_adapter(adapter_name)
-        self.adapter_options.pop(adapter_name, None)
-
-    def __repr__(self) -> str:
-        """Show the wrapped layer and the adapters."""
-        return f"BottleneckLayer(adapters={list(self.adapter_down)}, base_layer={self.base_layer!r})"
-
-
 def default_bottleneck_targets(model: nn.Module, config: BottleneckOptions) -> str:
     """Regex of the sub-layer output projections for the configured placement."""
     return sublayer_targets(model, PLACEMENTS[config.placement])
@@ -196,6 +96,8 @@ def build_bottleneck(
     model: nn.Module, config: BottleneckOptions, adapter_name: str, targets: list[str] | str
 ) -> None:
     """Bottleneck adapters after sub-layer outputs (Houlsby or Pfeiffer placement)."""
+    from peftkit.methods.bottleneck import BottleneckLayer  # imports peft: only when building
+
     chosen = [
         name
         for name, module in model.named_modules()

@@ -12,15 +12,16 @@ the layer type (``nn.Linear``, GPT-2 ``Conv1D``, bitsandbytes ``Linear8bitLt``).
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from peft import LoraConfig
-from peft.tuners.lora import LoraModel
-from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
+from peftkit._peft import is_tuner_layer
 from peftkit.methods.base import MethodConfig, check_dropout, check_positive, require
 from peftkit.registry import register_method
+
+if TYPE_CHECKING:
+    from peft import LoraConfig
 
 
 @dataclasses.dataclass
@@ -64,7 +65,7 @@ def uses_conv1d(model: nn.Module, targets: list[str] | str) -> bool:
     for name, module in model.named_modules():
         if ".base_layer" in name or not matches(name, targets):
             continue
-        base = module.get_base_layer() if isinstance(module, BaseTunerLayer) else module
+        base = module.get_base_layer() if is_tuner_layer(module) else module
         if type(base).__name__ == "Conv1D":
             return True
     return False
@@ -72,6 +73,8 @@ def uses_conv1d(model: nn.Module, targets: list[str] | str) -> bool:
 
 def to_peft_lora_config(config: LoraOptions, targets: list[str] | str, model: nn.Module) -> LoraConfig:
     """Translate peftkit options into a ``peft.LoraConfig``."""
+    from peft import LoraConfig
+
     return LoraConfig(
         r=config.r,
         lora_alpha=config.alpha,
@@ -88,4 +91,6 @@ def to_peft_lora_config(config: LoraOptions, targets: list[str] | str, model: nn
 )
 def build_lora(model: nn.Module, config: LoraOptions, adapter_name: str, targets: list[str] | str) -> None:
     """Low-rank updates of the attention projections (peft's LoRA layers)."""
+    from peft.tuners.lora import LoraModel
+
     LoraModel(model, to_peft_lora_config(config, targets, model), adapter_name)

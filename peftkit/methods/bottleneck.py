@@ -1,0 +1,118 @@
+"""The bottleneck adapter layer (see :mod:`peftkit.methods.adapter` for the method and its options).
+
+A :class:`BottleneckLayer` wraps a frozen output projection and adds one residual bottleneck per
+adapter name, following peft's ``BaseTunerLayer`` conventions (weights in ``ModuleDict``s keyed by
+adapter name, ``set_adapter`` / ``enable_adapters``, ``get_base_layer``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
+from torch import nn
+
+from peftkit.errors import MergeError
+from peftkit.methods.adapter import ACTIVATIONS
+
+if TYPE_CHECKING:
+    from peftkit.methods.adapter import BottleneckOptions
+
+
+def output_features(module: nn.Module) -> int:
+    """Output width of a linear-like module (``nn.Linear``, ``Conv1D``, bitsandbytes layers)."""
+    if hasattr(module, "out_features"):
+        return int(module.out_features)
+    if hasattr(module, "nf"):  # transformers Conv1D
+        return int(module.nf)
+    raise TypeError(
+        f"Cannot place a bottleneck adapter after a {type(module).__name__}: it has no output width."
+    )
+
+
+class BottleneckLayer(nn.Module, BaseTunerLayer):
+    """A frozen output projection followed by one bottleneck adapter per adapter name."""
+
+    adapter_layer_names = ("adapter_down", "adapter_up", "adapter_norm")
+    other_param_names = ("adapter_options",)
+
+    def __init__(self, base_layer: nn.Module, adapter_name: str, config: BottleneckOptions) -> None:
+        """Wrap ``base_layer`` and add the adapter ``adapter_name`` described by ``config``."""
+        super().__init__()
+        self.base_layer = base_layer
+        self.adapter_down = nn.ModuleDict()
+        self.adapter_up = nn.ModuleDict()
+        self.adapter_norm = nn.ModuleDict()
+        self.adapter_options: dict[str, dict[str, Any]] = {}
+        self._disable_adapters = False
+        self.merged_adapters = []
+        self._active_adapter = adapter_name
+        self.update_layer(adapter_name, config)
+
+    def update_layer(self, adapter_name: str, config: BottleneckOptions) -> None:
+        """Add (or replace) the bottleneck ``adapter_name``."""
+        width = output_features(self.base_layer)
+        bottleneck = max(1, int(width // config.reduction_factor))
+        weight = getattr(self.base_layer, "weight", None)
+        device = weight.device if weight is not None else None
+        down = nn.Linear(width, bottleneck, device=device)
+        up = nn.Linear(bottleneck, width, device=device)
+        nn.init.normal_(down.weight, std=config.init_std)
+        nn.init.zeros_(down.bias)
+        nn.init.zeros_(up.weight)
+        nn.init.zeros_(up.bias)
+        self.adapter_down[adapter_name] = down
+        self.adapter_up[adapter_name] = up
+        if config.layer_norm:
+            self.adapter_norm[adapter_name] = nn.LayerNorm(width, device=device)
+        self.adapter_options[adapter_name] = {
+            "activation": ACTIVATIONS[config.non_linearity](),
+            "dropout": nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity(),
+            "scaling": config.scaling,
+        }
+        self.set_adapter(self.active_adapters)
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """Base projection, then ``h + scaling * up(act(down(h)))`` for each active adapter."""
+        hidden = self.base_layer(x, *args, **kwargs)
+        if self.disable_adapters:
+            return hidden
+        for name in self.active_adapters:
+            if name not in self.adapter_down:
+                continue
+            options = self.adapter_options[name]
+            down = self.adapter_down[name]
+            h = hidden if hidden.dtype == down.weight.dtype else hidden.to(down.weight.dtype)
+            if name in self.adapter_norm:
+                h = self.adapter_norm[name](h)
+            h = self.adapter_up[name](options["dropout"](options["activation"](down(h))))
+            if h.dtype == hidden.dtype:  # one fused kernel, no separate multiply forward or backward
+                hidden = torch.add(hidden, h, alpha=options["scaling"])
+            else:
+                hidden = hidden + (options["scaling"] * h).to(hidden.dtype)
+        return hidden
+
+    def train(self, mode: bool = True) -> BottleneckLayer:
+        """Propagate train/eval mode to the per-adapter dropout modules too."""
+        super().train(mode)
+        for options in self.adapter_options.values():
+            options["dropout"].train(mode)
+        return self
+
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        """Bottleneck adapters are non-linear: they cannot be folded into a weight matrix."""
+        raise MergeError(
+            "A bottleneck adapter is non-linear (down-projection, activation, up-projection) and cannot be merged "
+            "into the base weights. Keep the adapter file and load it with peftkit.load_adapter, or average several "
+            "bottleneck adapters with `peftkit combine`."
+        )
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        """Remove one adapter from this layer."""
+        super().delete_adapter(adapter_name)
+        self.adapter_options.pop(adapter_name, None)
+
+    def __repr__(self) -> str:
+        """Show the wrapped layer and the adapters."""
+        return f"BottleneckLayer(adapters={list(self.adapter_down)}, base_layer={self.base_layer!r})"
