@@ -6,6 +6,9 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
+
+import pytest
 
 HEAVY = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "safetensors")
 
@@ -93,3 +96,19 @@ def test_methods_and_inspect_do_not_import_peft(tmp_path) -> None:
     assert {"lora", "adalora", "adapter"} <= set(names)
     assert described == {"lora": "lora", "adapter": "adapter"}
     assert peft_modules == []
+
+
+@pytest.mark.parametrize("recipe", ["ner_lora", "sentiment_adapter", "clm_adalora"])
+def test_recipe_help_does_not_import_peft(recipe: str) -> None:
+    script = Path(__file__).resolve().parent.parent / "recipes" / f"{recipe}.py"
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", str(script), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "--output-dir" in done.stdout
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line}
+    assert "torch" in imported  # the measurement works: the recipe does import torch up front
+    assert not {name for name in imported if name.split(".")[0] in ("peft", "bitsandbytes")}
