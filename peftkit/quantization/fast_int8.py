@@ -69,10 +69,9 @@ def fast_linear_class() -> type:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             reason = fast_path_blocker(self, x)
             if reason is None:
+                _note_path(self, FAST, "CPU")
                 if not _wants_grad(self, x):
-                    _note_path(self, FAST, "CPU inference")
                     return _fast_forward(self, x)
-                _note_path(self, FAST, "CPU training")
                 return _Int8LinearFunction.apply(x, self.bias, self)
             _note_path(self, BNB, reason)
             return super().forward(x)
