@@ -26,6 +26,7 @@ from peftkit import __version__
 from peftkit.errors import PeftkitError
 from peftkit.io.paths import check_adapter_dir
 from peftkit.merge.options import COMBINATIONS, DTYPE_NAMES, TASKS
+from peftkit.notices import hide_unused_bnb_kernel_notice
 
 logger = logging.getLogger(__name__)
 
@@ -190,6 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = getattr(args, "debug", False)
+    hide_unused_bnb_kernel_notice()
     logging.basicConfig(
         level=logging.DEBUG
         if debug

@@ -30,6 +30,7 @@ import peftkit
 from peftkit.config import RecipeConfig, TrainConfig, config_to_dict, parse_config
 from peftkit.data import LengthGroupedSampler, PaddingCollator
 from peftkit.errors import ConfigError, PeftkitError, TrainingError
+from peftkit.notices import hide_unused_bnb_kernel_notice
 from peftkit.training import TrainResult, build_accelerator, planned_optimizer_steps
 
 logger = logging.getLogger(__name__)
@@ -152,6 +153,7 @@ def run_recipe(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] 
 def setup_logging(accelerator: Accelerator) -> None:
     """INFO logging on the main process, warnings only on the others."""
     level = logging.INFO if accelerator.is_main_process else logging.WARNING
+    hide_unused_bnb_kernel_notice()
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=level, force=True)
     import transformers
 

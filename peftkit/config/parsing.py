@@ -249,18 +249,42 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(f"Command line: {message}. Run with --help to list the options.")
 
 
-def _build_parser(cls: type, prog: str | None, description: str | None) -> _Parser:
+def _config_file_arg(argv: Sequence[str] | None) -> str | None:
+    """The ``-c/--config`` value in ``argv``, read before the full parser (which may print ``--help``)."""
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("-c", "--config")
+    known, _ = pre.parse_known_args(list(argv) if argv is not None else None)
+    return known.config
+
+
+def _build_parser(
+    cls: type,
+    prog: str | None,
+    description: str | None,
+    file_values: dict[str, Any],
+    config_path: str | None,
+) -> _Parser:
+    """The command-line parser of ``cls``; ``--help`` shows the defaults in effect.
+
+    A value from the ``--config`` file replaces the dataclass default in the help text, marked
+    ``in <file name>``, so that ``--help`` describes the run that would start.
+    """
     parser = _Parser(
         prog=prog, description=description or (cls.__doc__ or "").split("\n")[0], allow_abbrev=False
     )
     parser.add_argument("-c", "--config", metavar="FILE.yaml", help="YAML file with option values.")
     docs = _attribute_docs(cls)
+    source = f" in {Path(config_path).name}" if config_path else ""
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
         tp = _field_types(cls)[f.name]
-        default = f.default if f.default is not dataclasses.MISSING else "{}"
+        if f.name in file_values:
+            default = f"{file_values[f.name]}{source}"
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else "{}"
         text = f"{docs.get(f.name, '')} ({_type_name(tp)}; default: {default})".replace("``", "").strip()
+        text = text.replace("%", "%%")  # argparse formats help strings with %
         if tp is bool:
             kwargs: dict[str, Any] = {"action": argparse.BooleanOptionalAction}
         elif typing.get_origin(tp) is list or list in [typing.get_origin(a) for a in typing.get_args(tp)]:
@@ -304,7 +328,9 @@ def parse_config(
         (0.001, 2)
 
     """
-    parser = _build_parser(cls, prog, description)
+    config_path = _config_file_arg(argv)
+    file_values = load_yaml_config(cls, config_path) if config_path else {}
+    parser = _build_parser(cls, prog, description, file_values, config_path)
     namespace, unknown = parser.parse_known_args(list(argv) if argv is not None else None)
     if unknown:
         options = [s for a in parser._actions for s in a.option_strings if s.startswith("--")]
@@ -316,10 +342,8 @@ def parse_config(
             else f"Command line: unexpected argument {bad!r}: options take the form --name VALUE."
         )
     given = vars(namespace)
-    values: dict[str, Any] = {}
-    config_path = given.pop("config", None)
-    if config_path:
-        values.update(load_yaml_config(cls, config_path))
+    given.pop("config", None)
+    values = dict(file_values)
     for key, value in given.items():
         values[key] = _convert(cls, key, value, "command line", from_cli=True)
     return config_from_dict(cls, values)
