@@ -36,3 +36,13 @@ def is_modules_to_save(module: Any) -> bool:
     """Whether ``module`` is a peft ``ModulesToSaveWrapper`` (per-adapter copies of a head)."""
     cls = _peft_class(_WRAPPERS_MODULE, "ModulesToSaveWrapper")
     return cls is not None and isinstance(module, cls)
+
+
+def is_conv1d(module: Any) -> bool:
+    """Whether ``module``, or the layer it wraps if it is a peft adapter layer, is a GPT-2 ``Conv1D``.
+
+    ``Conv1D`` stores its weight transposed (``in x out``), which peft's LoRA layers must be told
+    with ``fan_in_fan_out=True``.
+    """
+    base = module.get_base_layer() if is_tuner_layer(module) else module
+    return type(base).__name__ == "Conv1D"

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from peftkit._peft import is_tuner_layer
+from peftkit._peft import is_conv1d
 from peftkit.registry import MethodSpec
 from peftkit.state import PEFT_KEY_PREFIX, AdapterRecord
 
@@ -82,12 +82,7 @@ def targets_conv1d(model: nn.Module, targets: list[str]) -> bool:
 
     Looks through peft's wrapping (``get_base_layer``), which the module names point at after injection.
     """
-    for name in targets:
-        module = model.get_submodule(name)
-        base = module.get_base_layer() if is_tuner_layer(module) else module
-        if type(base).__name__ == "Conv1D":
-            return True
-    return False
+    return any(is_conv1d(model.get_submodule(name)) for name in targets)
 
 
 def options_from_peft_config(peft_config: dict[str, Any], method: str, heads: list[str]) -> dict[str, Any]:

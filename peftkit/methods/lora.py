@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Literal
 
 from torch import nn
 
-from peftkit._peft import is_tuner_layer
+from peftkit._peft import is_conv1d
 from peftkit.methods.base import MethodConfig, check_dropout, check_positive, require
 from peftkit.registry import register_method
 
@@ -62,13 +62,11 @@ def uses_conv1d(model: nn.Module, targets: list[str] | str) -> bool:
     """
     from peftkit.targets import matches
 
-    for name, module in model.named_modules():
-        if ".base_layer" in name or not matches(name, targets):
-            continue
-        base = module.get_base_layer() if is_tuner_layer(module) else module
-        if type(base).__name__ == "Conv1D":
-            return True
-    return False
+    return any(
+        is_conv1d(module)
+        for name, module in model.named_modules()
+        if ".base_layer" not in name and matches(name, targets)
+    )
 
 
 def to_peft_lora_config(config: LoraOptions, targets: list[str] | str, model: nn.Module) -> LoraConfig:
