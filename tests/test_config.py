@@ -198,3 +198,8 @@ def test_help_shows_the_config_file_values_as_defaults(tmp_path, capsys):
     out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     assert "default: 0.002 in ner.yaml" in out and "default: 32 in ner.yaml" in out
     assert "default: 3)" in out  # epochs: not in the file, the dataclass default
+
+
+def test_config_option_without_a_file_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"-c/--config: expected one argument"):
+        parse_config(NerConfig, ["--config"])

@@ -251,7 +251,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _config_file_arg(argv: Sequence[str] | None) -> str | None:
     """The ``-c/--config`` value in ``argv``, read before the full parser (which may print ``--help``)."""
-    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre = _Parser(add_help=False, allow_abbrev=False)
     pre.add_argument("-c", "--config")
     known, _ = pre.parse_known_args(list(argv) if argv is not None else None)
     return known.config
