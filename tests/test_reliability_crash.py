@@ -123,6 +123,7 @@ def test_kill_9_then_resume_gives_the_same_adapter_as_an_uninterrupted_run(runs)
     assert status == 0, stderr[-2000:]
     assert "Resumed from" in stderr and complete[-1] in stderr, stderr[-2000:]
     assert not list((root / "killed" / "checkpoints").glob(".tmp-*")), "a half-written checkpoint was left"
+    assert not list((root / "killed" / "checkpoints").glob(".old-*")), "a half-pruned checkpoint was left"
     assert_same_adapter(root / "killed" / "adapter", root / "reference" / "adapter")
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import accelerate.accelerator
 import pytest
@@ -105,6 +107,34 @@ def test_saving_the_same_step_again_replaces_it(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["step-5"]
     payload, _ = manager.load(tmp_path / "step-5")
     assert payload["loop"]["tag"] == "second"
+
+
+def test_a_crash_while_pruning_leaves_no_half_deleted_checkpoint(tmp_path, monkeypatch):
+    model = wrapped()
+    acc = build_accelerator(TrainConfig())
+    model, optimizer = acc.prepare(
+        model, torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+    )
+    manager = CheckpointManager(tmp_path, acc, acc.unwrap_model(model), keep=1)
+    manager.save(2, {"loop": {}}, {})
+    real_rmtree = shutil.rmtree
+
+    def killed_midway(path, *args, **kwargs):  # worst case: the state file goes first, then the process dies
+        if (Path(path) / STATE_FILE).is_file():
+            (Path(path) / STATE_FILE).unlink()
+            raise KeyboardInterrupt
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        manager.save(4, {"loop": {}}, {})  # publishes step-4, then dies while deleting step-2
+    monkeypatch.setattr(shutil, "rmtree", real_rmtree)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [".old-step-2", "step-4"]  # nothing named step-<N> without its state file
+    assert find_latest_checkpoint(tmp_path) == tmp_path / "step-4"
+
+    CheckpointManager(tmp_path, acc, acc.unwrap_model(model))  # the next run tidies up
+    assert [p.name for p in tmp_path.iterdir()] == ["step-4"]
 
 
 def test_loading_a_non_checkpoint_names_the_fix(tmp_path):

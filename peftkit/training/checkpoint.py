@@ -9,11 +9,15 @@ Layout of ``<output_dir>/checkpoints``::
         method_state.safetensors  e.g. AdaLoRA's sensitivity averages (if any)
         peftkit_state.json        step counters, scheduler, data position; written last
     .tmp-step-400/                being written; renamed to step-400 with os.replace when done
+    .old-step-100/                pruned or replaced; renamed aside first, then deleted
 
 A directory counts as a checkpoint only if it is named ``step-<N>`` *and* holds
 ``peftkit_state.json``. Everything is first written into ``.tmp-step-<N>`` in the same parent,
 fsynced, and published with one ``os.replace``, so a crash or an error during the save never
-leaves a directory that looks complete and never touches the previous checkpoint.
+leaves a directory that looks complete and never touches the previous checkpoint. Pruning is the
+mirror image: an old checkpoint is renamed to ``.old-step-<N>`` before it is deleted, so a crash in
+the middle of a deletion leaves no half-deleted ``step-<N>``. Leftover ``.tmp-``/``.old-`` directories
+are removed when the next run opens the checkpoint directory.
 
 With ``trainable_only`` (the default) the frozen base weights are not stored; a fingerprint of
 them is, and resuming onto different base weights raises :class:`TrainingError`.
@@ -89,6 +93,15 @@ def _fsync_tree(path: Path) -> None:
     _fsync_dir(path)
 
 
+def _move_aside(checkpoint: Path) -> Path:
+    """Rename ``step-<N>`` to ``.old-step-<N>`` (one atomic step) so that it can be deleted piecemeal."""
+    aside = checkpoint.with_name(f".old-{checkpoint.name}")
+    shutil.rmtree(aside, ignore_errors=True)
+    os.replace(checkpoint, aside)
+    _fsync_dir(checkpoint.parent)
+    return aside
+
+
 def _kept_names(model: nn.Module) -> set[str]:
     """Names stored by a trainable-only checkpoint: trainable parameters and persistent buffers."""
     names = {name for name, p in model.named_parameters() if p.requires_grad}
@@ -155,8 +168,9 @@ class CheckpointManager:
         self.trainable_only = trainable_only
         self._fingerprint: str | None = None
         if accelerator.is_main_process and self.root.is_dir():
-            for stale in self.root.glob(".tmp-step-*"):
-                shutil.rmtree(stale, ignore_errors=True)
+            for pattern in (".tmp-step-*", ".old-step-*"):
+                for stale in self.root.glob(pattern):
+                    shutil.rmtree(stale, ignore_errors=True)
 
     def latest(self) -> Path | None:
         """The newest complete checkpoint of this run, or ``None``."""
@@ -249,11 +263,7 @@ class CheckpointManager:
             handle.remove()
 
     def _publish(self, tmp: Path, final: Path) -> None:
-        old = None
-        if final.exists():
-            old = final.with_name(f".old-{final.name}")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
+        old = _move_aside(final) if final.exists() else None
         os.replace(tmp, final)
         _fsync_dir(self.root)
         if old is not None:
@@ -261,7 +271,7 @@ class CheckpointManager:
 
     def _prune(self) -> None:
         for _, path in list_checkpoints(self.root)[: -self.keep]:
-            shutil.rmtree(path, ignore_errors=True)
+            shutil.rmtree(_move_aside(path), ignore_errors=True)
 
     # ------------------------------------------------------------------------------------------
     # load
