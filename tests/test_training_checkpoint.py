@@ -144,6 +144,40 @@ def test_loading_a_non_checkpoint_names_the_fix(tmp_path):
         CheckpointManager(tmp_path, acc, model).load(tmp_path)
 
 
+def prepared_manager(root, model, groups: int = 1) -> CheckpointManager:
+    reset_accelerate_state()
+    acc = build_accelerator(TrainConfig())
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    model, _ = acc.prepare(model, torch.optim.AdamW([{"params": trainable[i::groups]} for i in range(groups)]))
+    return CheckpointManager(root, acc, acc.unwrap_model(model))
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({"r": 8}, r"lora_A.default.weight has shape \(4, 32\) in the checkpoint but \(8, 32\) in the model"),
+        ({"target_modules": ["query"]}, r"unexpected: \['bert.encoder.layer.0.attention.self.value.lora_A"),
+    ],
+    ids=["other-rank", "other-targets"],
+)
+def test_resuming_with_other_adapter_options_names_the_tensor_and_the_fix(tmp_path, options, expected):
+    torch.manual_seed(0)
+    prepared_manager(tmp_path, peftkit.wrap(make_model("bert").train(), "lora", r=4)).save(2, {"loop": {}}, {})
+    torch.manual_seed(0)
+    other = peftkit.wrap(make_model("bert").train(), "lora", **{"r": 4, **options})
+    with pytest.raises(TrainingError, match=expected) as caught:
+        prepared_manager(tmp_path, other).load(tmp_path / "step-2")
+    assert "resume with the same method and options (r, target modules" in str(caught.value)
+    assert "damaged" not in str(caught.value)
+
+
+def test_a_checkpoint_whose_optimizer_does_not_fit_is_not_called_damaged(tmp_path):
+    prepared_manager(tmp_path, wrapped(), groups=1).save(2, {"loop": {}}, {})
+    with pytest.raises(TrainingError, match="does not fit this run.*same method and options") as caught:
+        prepared_manager(tmp_path, wrapped(), groups=2).load(tmp_path / "step-2")
+    assert "damaged" not in str(caught.value)
+
+
 def test_resume_from_an_explicit_checkpoint(tmp_path):
     fit(tmp_path / "a", checkpoint_every=1, keep_checkpoints=5)
     result = fit(tmp_path / "b", log_every=1, resume_from=str(tmp_path / "a" / "checkpoints" / "step-2"))

@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -121,6 +122,41 @@ def frozen_fingerprint(model: nn.Module) -> str:
         digest.update(f"{name}|{data.dtype}|{tuple(tensor.shape)}".encode())
         digest.update(data.view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def _stored_shapes(file: Path) -> dict[str, tuple[int, ...]] | None:
+    """Tensor names and shapes of a safetensors file, read from its header; ``None`` if it cannot be read."""
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            return {
+                name.removeprefix("module."): tuple(handle.get_slice(name).get_shape()) for name in handle.keys()
+            }
+    except Exception:  # damaged: reported by the load itself, with the file name
+        return None
+
+
+def _trainable_mismatch(stored: dict[str, tuple[int, ...]], model: nn.Module) -> str | None:
+    """How a checkpoint's trainable tensors (name -> shape) differ from ``model``'s, if they do."""
+    kept = _kept_names(model)
+    missing, unexpected = sorted(kept - set(stored)), sorted(set(stored) - kept)
+    if missing or unexpected:
+        return f"missing: {missing[:3]}, unexpected: {unexpected[:3]}"
+    current = model.state_dict()
+    resized = [name for name in sorted(kept) if stored[name] != tuple(current[name].shape)]
+    if resized:
+        name = resized[0]
+        more = f" and {len(resized) - 1} more" if len(resized) > 1 else ""
+        return (
+            f"{name} has shape {stored[name]} in the checkpoint but {tuple(current[name].shape)} in the model{more}"
+        )
+    return None
+
+
+def _options_error(checkpoint: Path | str, mismatch: str) -> TrainingError:
+    return TrainingError(
+        f"Checkpoint {checkpoint} does not match the model's trainable weights ({mismatch}): resume with the "
+        "same method and options (r, target modules, ...) as the original run."
+    )
 
 
 def _damaged_file(path: Path, pattern: str = "*") -> str | None:
@@ -299,6 +335,12 @@ class CheckpointManager:
         except (OSError, ValueError) as exc:
             raise TrainingError(f"Cannot read {state_file}: {exc}. Resume from an older checkpoint.") from exc
         if payload.get("model_format") == "trainable_only":
+            # Other adapter options also rename frozen weights (``value.weight`` becomes
+            # ``value.base_layer.weight``): name them before blaming the base weights.
+            stored = _stored_shapes(path / "model.safetensors")
+            mismatch = _trainable_mismatch(stored, self.model) if stored is not None else None
+            if mismatch:
+                raise _options_error(path, mismatch)
             expected = payload.get("frozen_fingerprint")
             if expected is not None and expected != self.fingerprint():
                 raise TrainingError(
@@ -318,12 +360,17 @@ class CheckpointManager:
         except TrainingError:
             raise
         except Exception as exc:  # unpickling refused (weights_only), truncated or foreign files
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            reason = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
+            damaged = _damaged_file(path)
+            if damaged is None:  # every file reads: the state does not fit this run's model or optimizer
+                raise TrainingError(
+                    f"Checkpoint {path} does not fit this run ({reason}): resume with the same method and options "
+                    "as the original run, or start a new run in another --output-dir."
+                ) from exc
             raise TrainingError(
-                f"Checkpoint {path} cannot be loaded: {_damaged_file(path) or 'a file'} in it is damaged or holds "
-                f"objects other than tensors ({type(exc).__name__}: {reason}). peftkit never unpickles arbitrary "
-                "objects. Resume from an older checkpoint (--resume-from <output_dir>/checkpoints/step-<N>) or "
-                "start over."
+                f"Checkpoint {path} cannot be loaded: {damaged} in it is damaged or holds objects other than "
+                f"tensors ({reason}). peftkit never unpickles arbitrary objects. Resume from an older checkpoint "
+                "(--resume-from <output_dir>/checkpoints/step-<N>) or start over."
             ) from exc
         return payload, tensors
 
@@ -338,14 +385,9 @@ class CheckpointManager:
                 file = Path(input_dir) / ("model.safetensors" if i == 0 else f"model_{i}.safetensors")
                 stored = {k.removeprefix("module."): v for k, v in load_file(str(file)).items()}
                 inner = self.accelerator.unwrap_model(model)
-                kept = _kept_names(inner)
-                missing, unexpected = sorted(kept - set(stored)), sorted(set(stored) - kept)
-                if missing or unexpected:
-                    raise TrainingError(
-                        f"Checkpoint {input_dir} does not match the model's trainable weights "
-                        f"(missing: {missing[:3]}, unexpected: {unexpected[:3]}): resume with the same method "
-                        "and options (r, target modules, ...) as the original run."
-                    )
+                mismatch = _trainable_mismatch({k: tuple(v.shape) for k, v in stored.items()}, inner)
+                if mismatch:
+                    raise _options_error(input_dir, mismatch)
                 inner.load_state_dict(stored, strict=False)
             models.clear()  # loaded here; Accelerate must not load the partial file strictly
 
