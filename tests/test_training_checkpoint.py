@@ -148,7 +148,9 @@ def prepared_manager(root, model, groups: int = 1) -> CheckpointManager:
     reset_accelerate_state()
     acc = build_accelerator(TrainConfig())
     trainable = [p for p in model.parameters() if p.requires_grad]
-    model, _ = acc.prepare(model, torch.optim.AdamW([{"params": trainable[i::groups]} for i in range(groups)]))
+    model, _ = acc.prepare(
+        model, torch.optim.AdamW([{"params": trainable[i::groups]} for i in range(groups)])
+    )
     return CheckpointManager(root, acc, acc.unwrap_model(model))
 
 
@@ -162,7 +164,9 @@ def prepared_manager(root, model, groups: int = 1) -> CheckpointManager:
 )
 def test_resuming_with_other_adapter_options_names_the_tensor_and_the_fix(tmp_path, options, expected):
     torch.manual_seed(0)
-    prepared_manager(tmp_path, peftkit.wrap(make_model("bert").train(), "lora", r=4)).save(2, {"loop": {}}, {})
+    prepared_manager(tmp_path, peftkit.wrap(make_model("bert").train(), "lora", r=4)).save(
+        2, {"loop": {}}, {}
+    )
     torch.manual_seed(0)
     other = peftkit.wrap(make_model("bert").train(), "lora", **{"r": 4, **options})
     with pytest.raises(TrainingError, match=expected) as caught:

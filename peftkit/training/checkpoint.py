@@ -129,7 +129,8 @@ def _stored_shapes(file: Path) -> dict[str, tuple[int, ...]] | None:
     try:
         with safe_open(str(file), framework="pt") as handle:
             return {
-                name.removeprefix("module."): tuple(handle.get_slice(name).get_shape()) for name in handle.keys()
+                name.removeprefix("module."): tuple(handle.get_slice(name).get_shape())
+                for name in handle.keys()
             }
     except Exception:  # damaged: reported by the load itself, with the file name
         return None
@@ -146,9 +147,7 @@ def _trainable_mismatch(stored: dict[str, tuple[int, ...]], model: nn.Module) ->
     if resized:
         name = resized[0]
         more = f" and {len(resized) - 1} more" if len(resized) > 1 else ""
-        return (
-            f"{name} has shape {stored[name]} in the checkpoint but {tuple(current[name].shape)} in the model{more}"
-        )
+        return f"{name} has shape {stored[name]} in the checkpoint but {tuple(current[name].shape)} in the model{more}"
     return None
 
 
