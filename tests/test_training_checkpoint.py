@@ -95,13 +95,19 @@ def test_stale_temporary_directories_are_removed(tmp_path):
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-2", "step-4"]
 
 
-def test_saving_the_same_step_again_replaces_it(tmp_path):
-    model = wrapped()
+def prepared_manager(root, model, groups: int = 1, keep: int = 2) -> CheckpointManager:
+    """A checkpoint manager for ``model`` prepared with AdamW (its trainable weights in ``groups`` groups)."""
+    reset_accelerate_state()
     acc = build_accelerator(TrainConfig())
-    model, optimizer = acc.prepare(
-        model, torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    model, _ = acc.prepare(
+        model, torch.optim.AdamW([{"params": trainable[i::groups]} for i in range(groups)])
     )
-    manager = CheckpointManager(tmp_path, acc, acc.unwrap_model(model), keep=3)
+    return CheckpointManager(root, acc, acc.unwrap_model(model), keep=keep)
+
+
+def test_saving_the_same_step_again_replaces_it(tmp_path):
+    manager = prepared_manager(tmp_path, wrapped(), keep=3)
     manager.save(5, {"loop": {"tag": "first"}}, {})
     manager.save(5, {"loop": {"tag": "second"}}, {})
     assert [p.name for p in tmp_path.iterdir()] == ["step-5"]
@@ -110,12 +116,7 @@ def test_saving_the_same_step_again_replaces_it(tmp_path):
 
 
 def test_a_crash_while_pruning_leaves_no_half_deleted_checkpoint(tmp_path, monkeypatch):
-    model = wrapped()
-    acc = build_accelerator(TrainConfig())
-    model, optimizer = acc.prepare(
-        model, torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
-    )
-    manager = CheckpointManager(tmp_path, acc, acc.unwrap_model(model), keep=1)
+    manager = prepared_manager(tmp_path, wrapped(), keep=1)
     manager.save(2, {"loop": {}}, {})
     real_rmtree = shutil.rmtree
 
@@ -133,7 +134,7 @@ def test_a_crash_while_pruning_leaves_no_half_deleted_checkpoint(tmp_path, monke
     assert names == [".old-step-2", "step-4"]  # nothing named step-<N> without its state file
     assert find_latest_checkpoint(tmp_path) == tmp_path / "step-4"
 
-    CheckpointManager(tmp_path, acc, acc.unwrap_model(model))  # the next run tidies up
+    CheckpointManager(tmp_path, manager.accelerator, manager.model)  # the next run tidies up
     assert [p.name for p in tmp_path.iterdir()] == ["step-4"]
 
 
@@ -142,16 +143,6 @@ def test_loading_a_non_checkpoint_names_the_fix(tmp_path):
     model = acc.prepare(wrapped())
     with pytest.raises(TrainingError, match="not a complete peftkit checkpoint.*--resume"):
         CheckpointManager(tmp_path, acc, model).load(tmp_path)
-
-
-def prepared_manager(root, model, groups: int = 1) -> CheckpointManager:
-    reset_accelerate_state()
-    acc = build_accelerator(TrainConfig())
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    model, _ = acc.prepare(
-        model, torch.optim.AdamW([{"params": trainable[i::groups]} for i in range(groups)])
-    )
-    return CheckpointManager(root, acc, acc.unwrap_model(model))
 
 
 @pytest.mark.parametrize(
