@@ -39,7 +39,6 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -122,18 +121,6 @@ def frozen_fingerprint(model: nn.Module) -> str:
         digest.update(f"{name}|{data.dtype}|{tuple(tensor.shape)}".encode())
         digest.update(data.view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
-
-
-def _stored_shapes(file: Path) -> dict[str, tuple[int, ...]] | None:
-    """Tensor names and shapes of a safetensors file, read from its header; ``None`` if it cannot be read."""
-    try:
-        with safe_open(str(file), framework="pt") as handle:
-            return {
-                name.removeprefix("module."): tuple(handle.get_slice(name).get_shape())
-                for name in handle.keys()
-            }
-    except Exception:  # damaged: reported by the load itself, with the file name
-        return None
 
 
 def _trainable_mismatch(stored: dict[str, tuple[int, ...]], model: nn.Module) -> str | None:
@@ -333,26 +320,13 @@ class CheckpointManager:
             payload = json.loads(state_file.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise TrainingError(f"Cannot read {state_file}: {exc}. Resume from an older checkpoint.") from exc
-        if payload.get("model_format") == "trainable_only":
-            # Other adapter options also rename frozen weights (``value.weight`` becomes
-            # ``value.base_layer.weight``): name them before blaming the base weights.
-            stored = _stored_shapes(path / "model.safetensors")
-            mismatch = _trainable_mismatch(stored, self.model) if stored is not None else None
-            if mismatch:
-                raise _options_error(path, mismatch)
-            expected = payload.get("frozen_fingerprint")
-            if expected is not None and expected != self.fingerprint():
-                raise TrainingError(
-                    f"Checkpoint {path} was trained on different frozen base weights than the model being "
-                    "resumed: resume with the same --model-path, method and options as the original run, "
-                    "or start a new run in another --output-dir."
-                )
+        trainable_only = payload.get("model_format") == "trainable_only"
         try:
             # Accelerate skips RNG files it cannot read with only an info log; a resume without them
             # silently differs from the uninterrupted run, so they are checked first.
             if _damaged_file(path, "random_states_*.pkl"):
                 raise ValueError("the random-number-generator states cannot be read")
-            with self._load_hook(payload.get("model_format") == "trainable_only"):
+            with self._load_hook(trainable_only, payload.get("frozen_fingerprint")):
                 self.accelerator.load_state(str(path))
             method_file = path / METHOD_STATE_FILE
             tensors = load_file(str(method_file)) if method_file.is_file() else {}
@@ -374,12 +348,14 @@ class CheckpointManager:
         return payload, tensors
 
     @contextlib.contextmanager
-    def _load_hook(self, trainable_only: bool) -> Iterator[None]:
+    def _load_hook(self, trainable_only: bool, frozen_fingerprint: str | None) -> Iterator[None]:
+        """Load trainable-only model files, after checking they fit the model and its frozen weights."""
         if not trainable_only:
             yield
             return
 
         def load_trainable(models: list[nn.Module], input_dir: str) -> None:
+            loads = []
             for i, model in enumerate(models):
                 file = Path(input_dir) / ("model.safetensors" if i == 0 else f"model_{i}.safetensors")
                 stored = {k.removeprefix("module."): v for k, v in load_file(str(file)).items()}
@@ -387,6 +363,16 @@ class CheckpointManager:
                 mismatch = _trainable_mismatch({k: tuple(v.shape) for k, v in stored.items()}, inner)
                 if mismatch:
                     raise _options_error(input_dir, mismatch)
+                loads.append((inner, stored))
+            # Checked after the trainable names: other adapter options also rename frozen weights
+            # (``value.weight`` becomes ``value.base_layer.weight``), which is not another base.
+            if frozen_fingerprint is not None and frozen_fingerprint != self.fingerprint():
+                raise TrainingError(
+                    f"Checkpoint {input_dir} was trained on different frozen base weights than the model being "
+                    "resumed: resume with the same --model-path, method and options as the original run, "
+                    "or start a new run in another --output-dir."
+                )
+            for inner, stored in loads:
                 inner.load_state_dict(stored, strict=False)
             models.clear()  # loaded here; Accelerate must not load the partial file strictly
 
