@@ -138,13 +138,6 @@ def _trainable_mismatch(stored: dict[str, tuple[int, ...]], model: nn.Module) ->
     return None
 
 
-def _options_error(checkpoint: Path | str, mismatch: str) -> TrainingError:
-    return TrainingError(
-        f"Checkpoint {checkpoint} does not match the model's trainable weights ({mismatch}): resume with the "
-        "same method and options (r, target modules, ...) as the original run."
-    )
-
-
 def _damaged_file(path: Path, pattern: str = "*") -> str | None:
     """Name of the first file of checkpoint ``path`` that does not load safely (tensors only), if any."""
     from accelerate.utils.other import load as safe_load  # torch.load(weights_only=True) + numpy RNG types
@@ -362,7 +355,10 @@ class CheckpointManager:
                 inner = self.accelerator.unwrap_model(model)
                 mismatch = _trainable_mismatch({k: tuple(v.shape) for k, v in stored.items()}, inner)
                 if mismatch:
-                    raise _options_error(input_dir, mismatch)
+                    raise TrainingError(
+                        f"Checkpoint {input_dir} does not match the model's trainable weights ({mismatch}): resume "
+                        "with the same method and options (r, target modules, ...) as the original run."
+                    )
                 loads.append((inner, stored))
             # Checked after the trainable names: other adapter options also rename frozen weights
             # (``value.weight`` becomes ``value.base_layer.weight``), which is not another base.
