@@ -36,6 +36,8 @@ class AdapterRecord:
         heads: Names of the task-head modules trained and saved with this adapter.
         handle: Whatever the method's builder returned (e.g. peft's AdaLoRA tuner), or ``None``.
         metadata: Free-form facts recorded with the adapter (e.g. the plugin package).
+        trainable: Whether the adapter's weights are trained when it is active (``False`` for an
+            adapter loaded for inference).
 
     """
 
@@ -46,6 +48,7 @@ class AdapterRecord:
     heads: list[str]
     handle: object | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    trainable: bool = True
 
 
 @dataclass

@@ -66,7 +66,7 @@ def attention_targets(model: nn.Module) -> list[str]:
     kind = model_type(model)
     if kind in ATTENTION_TARGETS:
         return list(ATTENTION_TARGETS[kind])
-    raise _unsupported(model, kind)
+    raise _unsupported(model, kind, ATTENTION_TARGETS)
 
 
 def sublayer_targets(model: nn.Module, sublayers: Iterable[str]) -> str:
@@ -78,7 +78,7 @@ def sublayer_targets(model: nn.Module, sublayers: Iterable[str]) -> str:
     """
     kind = model_type(model)
     if kind not in SUBLAYER_OUTPUTS:
-        raise _unsupported(model, kind)
+        raise _unsupported(model, kind, SUBLAYER_OUTPUTS)
     patterns = [SUBLAYER_OUTPUTS[kind][sublayer] for sublayer in sublayers]
     return patterns[0] if len(patterns) == 1 else "(" + "|".join(patterns) + ")"
 
@@ -127,6 +127,13 @@ def resolve_targets(model: nn.Module, patterns: list[str] | str, exclude: Iterab
         and "modules_to_save" not in name
         and "original_module" not in name
     ]
+    heads_matched = [head for head in excluded if matches(head, patterns)]
+    if not found and heads_matched:
+        raise NoTargetsMatchedError(
+            f"target_modules={patterns!r} matches only the task head {', '.join(heads_matched)}, which is trained "
+            "in full and saved with the adapter (head_modules), never adapted. Target backbone layers instead: "
+            f"{', '.join(name for name in linear_module_names(model) if name not in heads_matched) or 'none'}."
+        )
     if not found:
         raise NoTargetsMatchedError(
             f"target_modules={patterns!r} matches no module of this {model_type(model) or type(model).__name__} "
@@ -164,8 +171,8 @@ def head_module_names(model: nn.Module) -> list[str]:
     return heads
 
 
-def _unsupported(model: nn.Module, kind: str) -> UnsupportedArchitectureError:
-    known = ", ".join(sorted(ATTENTION_TARGETS))
+def _unsupported(model: nn.Module, kind: str, table: dict[str, object]) -> UnsupportedArchitectureError:
+    known = ", ".join(sorted(table))
     return UnsupportedArchitectureError(
         f"peftkit has no default targets for model_type={kind or type(model).__name__!r} (known: {known}). "
         f"Pass target_modules=[...]; linear modules in this model: {', '.join(linear_module_names(model))}."

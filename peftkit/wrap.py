@@ -23,12 +23,14 @@ from peft.utils.other import AuxiliaryTrainingWrapper, ModulesToSaveWrapper
 from torch import nn
 
 from peftkit import targets as target_defaults
-from peftkit.errors import AlreadyWrappedError, InvalidOptionError, NotWrappedError
+from peftkit.errors import AlreadyWrappedError, InvalidOptionError, NotWrappedError, PeftkitError
 from peftkit.methods.base import MethodConfig
 from peftkit.registry import MethodSpec, get_method
+from peftkit.rollback import ModelSnapshot
 from peftkit.state import (
     AdapterRecord,
     adapter_layers,
+    adapter_parameters,
     ensure_state,
     get_state,
     require_state,
@@ -66,6 +68,7 @@ def wrap(
         >>> peftkit.summary(model).trainable  # doctest: +SKIP
 
     """
+    _check_is_model(model)
     state = get_state(model)
     if state is not None and state.adapters:
         existing = ", ".join(f"{n!r} ({r.method})" for n, r in state.adapters.items())
@@ -97,6 +100,7 @@ def add_adapter(model: nn.Module, method: str, *, adapter_name: str, **options: 
         AlreadyWrappedError: ``adapter_name`` is already used on this model.
 
     """
+    _check_is_model(model)
     spec = get_method(method)
     config = build_config(spec, options)
     return inject(model, spec, config, adapter_name)
@@ -124,11 +128,21 @@ def inject(model: nn.Module, spec: MethodSpec, config: MethodConfig, adapter_nam
     resolved = target_defaults.resolve_targets(inner, patterns, exclude=heads)
     for head in heads:
         _check_head(inner, head)
-    if not state.adapters:  # first adapter: freeze the whole backbone (only after every check passed)
-        for param in inner.parameters():
-            param.requires_grad_(False)
-    handle = spec.builder(inner, config, adapter_name, patterns)
-    _wrap_heads(inner, heads, adapter_name)
+    snapshot = ModelSnapshot(inner)
+    try:
+        if not state.adapters:  # first adapter: freeze the whole backbone
+            for param in inner.parameters():
+                param.requires_grad_(False)
+        handle = spec.builder(inner, config, adapter_name, patterns)
+        _wrap_heads(inner, heads, adapter_name)
+    except (ValueError, TypeError, NotImplementedError) as exc:
+        snapshot.restore()
+        if isinstance(exc, PeftkitError):
+            raise
+        raise _cannot_adapt(inner, spec.name, patterns, resolved, exc) from exc
+    except BaseException:
+        snapshot.restore()  # a failed injection leaves the model exactly as it was
+        raise
     inner.train(inner.training)  # new modules default to training mode: align them with the model
     inner.__dict__.pop("peft_config", None)  # peft tuners leave this behind; transformers reads it
     state.adapters[adapter_name] = AdapterRecord(
@@ -148,7 +162,9 @@ def inject(model: nn.Module, spec: MethodSpec, config: MethodConfig, adapter_nam
 
 
 def set_active(model: nn.Module, adapter_name: str) -> None:
-    """Make ``adapter_name`` the adapter used in forward passes (and the trainable one).
+    """Make ``adapter_name`` the adapter used in forward passes, and the trainable one.
+
+    An adapter loaded with ``load_adapter(..., is_trainable=False)`` stays frozen.
 
     Raises:
         NotWrappedError: The model has no adapters, or none of that name (lists the known ones).
@@ -163,8 +179,11 @@ def set_active(model: nn.Module, adapter_name: str) -> None:
         if isinstance(module, ModulesToSaveWrapper) and adapter_name not in module.modules_to_save:
             module.enable_adapters(False)  # this adapter has no copy of that head: use the original
             continue
-        module.set_adapter(adapter_name)
+        module.set_adapter(adapter_name)  # peft also makes this adapter's weights trainable ...
         module.enable_adapters(True)
+    if not state.adapters[adapter_name].trainable:  # ... unless it was loaded for inference
+        for param in adapter_parameters(model, adapter_name).values():
+            param.requires_grad_(False)
     state.active = adapter_name
     state.enabled = True
 
@@ -223,6 +242,16 @@ def on_optimizer_step(model: nn.Module, global_step: int) -> None:
         hook(global_step)
 
 
+def _check_is_model(model: Any) -> None:
+    if not isinstance(model, nn.Module):
+        shown = repr(model) if len(repr(model)) <= 60 else repr(model)[:57] + "..."
+        raise InvalidOptionError(
+            f"peftkit needs a loaded model object, got {type(model).__name__} {shown}. Load it first, e.g. "
+            "AutoModelForTokenClassification.from_pretrained(path, num_labels=9) or "
+            "peftkit.load_base(path, task='token-classification', num_labels=9)."
+        )
+
+
 def _check_adapter_name(adapter_name: str) -> None:
     if (
         not isinstance(adapter_name, str)
@@ -273,6 +302,28 @@ def _check_head(model: nn.Module, name: str) -> None:
                 "Load the base with peftkit.load_base(..., load_in_8bit=True), which keeps heads in full precision, "
                 f"or pass llm_int8_skip_modules=[{name!r}] to BitsAndBytesConfig."
             )
+
+
+def _cannot_adapt(
+    model: nn.Module, method: str, patterns: list[str] | str, resolved: list[str], exc: Exception
+) -> InvalidOptionError:
+    """The error for targets the method's builder refused (typically modules that are not linear)."""
+    odd = [
+        f"{name} ({type(model.get_submodule(name)).__name__})"
+        for name in resolved
+        if not target_defaults.is_linear_like(model.get_submodule(name))
+    ]
+    if odd:
+        more = f" and {len(odd) - 3} more" if len(odd) > 3 else ""
+        reason = f"they include modules that are not linear layers: {', '.join(odd[:3])}{more}"
+    else:
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0].rstrip(".")
+        reason = reason if len(reason) <= 200 else reason[:197] + "..."
+    return InvalidOptionError(
+        f"Method {method!r} cannot adapt the modules selected by target_modules={patterns!r}: {reason}. "
+        f"Select linear layers instead; this model has: "
+        f"{', '.join(target_defaults.linear_module_names(model)) or 'none'}. The model was left unchanged."
+    )
 
 
 def _has_foreign_adapters(model: nn.Module) -> bool:

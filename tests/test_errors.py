@@ -54,6 +54,58 @@ def test_targets_matching_nothing() -> None:
     assert "q_proj" in message and "query" in message  # names what exists
 
 
+def test_targets_matching_only_the_head_say_the_head_is_trained_in_full() -> None:
+    with pytest.raises(NoTargetsMatchedError, match="task head classifier.*query"):
+        peftkit.wrap(make_model("bert"), "lora", target_modules=["classifier"])
+
+
+def test_a_target_regex_that_does_not_compile_is_an_option_error() -> None:
+    with pytest.raises(InvalidOptionError, match="not a valid regular expression.*'query', 'value'"):
+        peftkit.wrap(make_model("bert"), "lora", target_modules="[query")
+
+
+def test_a_model_path_instead_of_a_model_says_how_to_load_it() -> None:
+    with pytest.raises(InvalidOptionError, match="got str 'bert-base-uncased'.*from_pretrained"):
+        peftkit.wrap("bert-base-uncased", "lora")
+
+
+def test_architecture_without_adapter_defaults_lists_only_the_ones_that_have_them() -> None:
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    config = GPTNeoXConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37, vocab_size=50
+    )
+    with pytest.raises(UnsupportedArchitectureError) as info:
+        peftkit.wrap(GPTNeoXForCausalLM(config), "adapter")
+    known = str(info.value).split("known: ")[1].split(")")[0]
+    assert "gpt_neox" not in known and "bert" in known
+
+
+@pytest.mark.parametrize(
+    ("method", "targets", "culprit"),
+    [
+        ("lora", r".*layer\.0\.attention\.self\.query|.*layer\.0\.attention\.output\.LayerNorm", "LayerNorm"),
+        ("lora", ["attention"], "BertAttention"),
+        ("adalora", ["LayerNorm"], "LayerNorm"),
+        ("adapter", ["LayerNorm"], "LayerNorm"),
+    ],
+)
+def test_targets_that_are_not_linear_layers_leave_the_model_unchanged(
+    method: str, targets: list[str] | str, culprit: str
+) -> None:
+    model = make_model("bert")
+    modules = [name for name, _ in model.named_modules()]
+    options = {"total_step": 10} if method == "adalora" else {}
+    with pytest.raises(InvalidOptionError) as info:
+        peftkit.wrap(model, method, target_modules=targets, **options)
+    message = str(info.value)
+    assert f"({culprit})" in message and "query" in message and "left unchanged" in message
+    assert [name for name, _ in model.named_modules()] == modules
+    assert all(param.requires_grad for param in model.parameters())
+    peftkit.wrap(model, method, **options)  # the model is still a plain base: wrapping it works
+    assert peftkit.summary(model).trainable > 0
+
+
 def test_wrapping_twice_is_refused_and_points_to_add_adapter() -> None:
     model = peftkit.wrap(make_model("gpt2"), "lora")
     with pytest.raises(AlreadyWrappedError, match="add_adapter"):

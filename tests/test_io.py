@@ -132,6 +132,28 @@ def test_several_adapters_on_one_base(saved) -> None:
         load_adapter(base, lora_dir, "ner")
 
 
+def test_adapters_loaded_for_inference_stay_frozen_when_switched(saved) -> None:
+    base = make_model("bert")
+    load_adapter(
+        base, saved("bert", "lora")[1], name="ner"
+    )  # the keyword of the issue; adapter_name= works too
+    load_adapter(base, saved("bert", "adapter")[1], adapter_name="bottleneck", is_trainable=True)
+
+    def trainable(name: str) -> bool:
+        return any(p.requires_grad for p in adapter_parameters(base, name).values())
+
+    assert not trainable("ner") and trainable("bottleneck")
+    peftkit.set_active(base, "ner")
+    assert not trainable("ner") and not trainable("bottleneck")
+    with peftkit.adapters_disabled(base):
+        pass
+    assert not trainable("ner")
+    peftkit.set_active(base, "bottleneck")
+    assert trainable("bottleneck") and not trainable("ner")
+    with pytest.raises(peftkit.InvalidOptionError, match="pass only one"):
+        load_adapter(make_model("bert"), saved("bert", "lora")[1], "a", adapter_name="b")
+
+
 def test_load_next_to_a_freshly_wrapped_adapter(saved) -> None:
     expected, directory = saved("gpt2", "lora")
     model = peftkit.wrap(make_model("gpt2"), "adapter")

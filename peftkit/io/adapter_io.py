@@ -41,8 +41,8 @@ from peftkit.io.peft_format import (
     saved_rank_pattern,
     truncate_by_rank_pattern,
 )
-from peftkit.io.rollback import ModelSnapshot
 from peftkit.registry import MethodSpec, get_method
+from peftkit.rollback import ModelSnapshot
 from peftkit.state import (
     AdapterRecord,
     adapter_parameters,
@@ -108,10 +108,11 @@ def save_adapter(model: nn.Module, path: str | os.PathLike[str], adapter_name: s
 def load_adapter(
     model: nn.Module,
     path: str | os.PathLike[str],
-    adapter_name: str = "default",
+    name: str = "default",
     *,
     strict: bool = True,
     is_trainable: bool = False,
+    adapter_name: str | None = None,
 ) -> nn.Module:
     """Load an adapter saved by :func:`save_adapter` (or by peft) onto a base model and activate it.
 
@@ -131,11 +132,12 @@ def load_adapter(
     Args:
         model: The base model (fp32 or 8-bit), plain or carrying peftkit adapters.
         path: Adapter directory.
-        adapter_name: Name to load it under (must be unused on ``model``).
+        name: Name to load it under (must be unused on ``model``).
         strict: Refuse a different base and missing or unexpected tensors; ``False`` downgrades
             both to warnings. Damaged files and wrong shapes always raise.
         is_trainable: Leave the adapter's weights trainable (to continue training);
             by default they are frozen for inference.
+        adapter_name: Alias of ``name``, spelled as in :func:`peftkit.wrap` and peft.
 
     Returns:
         The same model object, with the adapter active.
@@ -152,6 +154,11 @@ def load_adapter(
         >>> model = peftkit.load_adapter(base, "runs/ner-lora")  # doctest: +SKIP
 
     """
+    if adapter_name is not None and adapter_name != name and name != "default":
+        raise InvalidOptionError(
+            f"load_adapter got name={name!r} and adapter_name={adapter_name!r}: pass only one of them."
+        )
+    adapter_name = adapter_name if adapter_name is not None else name
     files = read_adapter_dir(path)
     try:
         spec = get_method(files.method, plugin_hint=files.plugin)
@@ -186,6 +193,7 @@ def load_adapter(
     for module in inner.modules():  # new layers (dropout!) follow the model's train/eval mode
         if id(module) not in known:
             module.training = inner.training
+    record.trainable = is_trainable
     for param in adapter_parameters(inner, adapter_name).values():
         param.requires_grad_(is_trainable)
     if is_trainable and files.rank_pattern:

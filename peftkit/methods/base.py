@@ -8,6 +8,7 @@ training.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from typing import Any, ClassVar, Union
@@ -41,6 +42,8 @@ class MethodConfig:
             raise InvalidOptionError("target_modules=[] adapts nothing: give module names or leave it unset.")
         if isinstance(self.target_modules, tuple):
             self.target_modules = list(self.target_modules)
+        if isinstance(self.target_modules, str):
+            _check_regex("target_modules", self.target_modules)
         self.validate()
 
     def validate(self) -> None:
@@ -87,6 +90,16 @@ class MethodConfig:
                     f"Option {field.name}={value!r} has type {type(value).__name__}; expected "
                     f"{_describe(expected)} (method {self.method_name or type(self).__name__!r})."
                 )
+
+
+def _check_regex(name: str, pattern: str) -> None:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise InvalidOptionError(
+            f"{name}={pattern!r} is not a valid regular expression ({exc}). A string is matched as a regex "
+            f"against full module names; pass a list such as {name}=['query', 'value'] to match name suffixes."
+        ) from None
 
 
 def require(condition: bool, message: str) -> None:

@@ -1,4 +1,4 @@
-"""Undo a half-finished adapter injection, so a failed ``load_adapter`` leaves the model unchanged."""
+"""Undo a half-finished adapter injection, so a failed ``wrap`` or ``load_adapter`` leaves the model unchanged."""
 
 from __future__ import annotations
 
