@@ -225,12 +225,45 @@ def test_overwrite_replaces_an_adapter_and_keeps_foreign_files(adapter_copy: Pat
     assert sorted(p.name for p in adapter_copy.parent.iterdir()) == ["adapter"]
 
     (adapter_copy / "tokenizer.json").write_text("{}")
+    (adapter_copy / "extra").mkdir()
+    (adapter_copy / "extra" / "vocab.txt").write_text("[PAD]\n")
     save_adapter(trained("bert", "lora"), adapter_copy)
     assert read_adapter_dir(adapter_copy).method == "lora"
     assert (adapter_copy / "tokenizer.json").read_text() == "{}"
+    assert (adapter_copy / "extra" / "vocab.txt").read_text() == "[PAD]\n"
     assert sorted(p.name for p in adapter_copy.iterdir()) == sorted(
-        ["adapter_config.json", WEIGHTS, "peftkit.json", "tokenizer.json"]
+        ["adapter_config.json", WEIGHTS, "peftkit.json", "tokenizer.json", "extra"]
     )
+    assert sorted(p.name for p in adapter_copy.parent.iterdir()) == ["adapter"]
+
+
+def test_a_save_interrupted_at_the_swap_keeps_the_old_adapter_and_its_neighbours(
+    adapter_copy: Path, monkeypatch
+) -> None:
+    """With other files in the directory too, the new version appears in one rename or not at all."""
+    (adapter_copy / "tokenizer.json").write_text("{}")
+    before = {p.name: p.read_bytes() for p in adapter_copy.iterdir()}
+    expected = logits(load_adapter(make_model("bert"), adapter_copy), "bert")
+
+    real_replace, renames = os.replace, []
+
+    def killed_at_the_swap(*args, **kwargs):
+        raise KeyboardInterrupt  # stands for a kill between writing the new files and publishing them
+
+    def killed_at_the_second_rename(source, destination):
+        renames.append(destination)
+        if len(renames) == 2:
+            raise KeyboardInterrupt
+        real_replace(source, destination)
+
+    monkeypatch.setattr(io_files, "_exchange", killed_at_the_swap)
+    monkeypatch.setattr(io_files.os, "replace", killed_at_the_second_rename)
+    with pytest.raises(KeyboardInterrupt):
+        save_adapter(trained("bert", "lora", adapter_seed=1), adapter_copy)
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in adapter_copy.iterdir()} == before
+    assert sorted(p.name for p in adapter_copy.parent.iterdir()) == ["adapter"], "no temp directory left"
+    torch.testing.assert_close(logits(load_adapter(make_model("bert"), adapter_copy), "bert"), expected)
 
 
 def test_write_adapter_dir_round_trips_arbitrary_tensors(tmp_path: Path) -> None:

@@ -94,7 +94,7 @@ def test_full_disk_on_a_first_save_leaves_nothing(tmp_path, monkeypatch) -> None
 
 
 def test_full_disk_in_a_directory_with_other_files(tmp_path, monkeypatch) -> None:
-    """A run directory with a tokenizer next to the adapter is updated file by file: also intact."""
+    """A run directory with a tokenizer next to the adapter: also intact, tokenizer included."""
     target = save_adapter(lora_model(0), tmp_path / "run")
     (target / "tokenizer.json").write_text("{}")
     before = snapshot(target)

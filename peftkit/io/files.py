@@ -108,9 +108,10 @@ def _fsync_dir(path: Path) -> None:
 def atomic_write_dir(path: str | os.PathLike[str], files: Mapping[str, bytes]) -> Path:
     """Write ``files`` (name -> content) as the directory ``path``, atomically.
 
-    If ``path`` already holds other files than adapter files (e.g. a tokenizer saved next to
-    the adapter), the directory is kept and each file is replaced atomically instead; the other
-    files are left alone.
+    The files are written to a temporary directory beside ``path``, which then replaces ``path`` in
+    one rename: a reader (or a crash) sees the old adapter or the new one, never a mix. Other
+    files already in ``path`` (e.g. a tokenizer saved next to the adapter) are carried over as
+    hard links (copies where the file system has none), so they survive the swap unchanged.
 
     Args:
         path: Target directory.
@@ -131,8 +132,6 @@ def atomic_write_dir(path: str | os.PathLike[str], files: Mapping[str, bytes]) -
     existed = target.exists()
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        if target.is_dir() and any(entry.name not in ADAPTER_FILES for entry in target.iterdir()):
-            return _replace_files_in_place(target, files)
         _write_and_publish(target, files)
     except OSError as exc:
         if isinstance(exc, PeftkitError):
@@ -204,6 +203,8 @@ def _write_and_publish(target: Path, files: Mapping[str, bytes]) -> None:
     try:
         for name, data in files.items():
             write_file(tmp / name, data)
+        if target.is_dir():
+            _carry_over_foreign_entries(target, tmp)
         _fsync_dir(tmp)
         if not target.exists():
             os.replace(tmp, target)
@@ -244,23 +245,26 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(code, os.strerror(code), str(b))
 
 
-def _replace_files_in_place(target: Path, files: Mapping[str, bytes]) -> Path:
-    temps: dict[str, Path] = {}
+def _carry_over_foreign_entries(source: Path, destination: Path) -> None:
+    """Link (or copy) every entry of ``source`` that is not an adapter file into ``destination``."""
+    foreign = [entry for entry in source.iterdir() if entry.name not in ADAPTER_FILES]
+    for entry in foreign:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.copytree(entry, destination / entry.name, symlinks=True, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(entry, destination / entry.name)
+    if foreign:
+        logger.info("Kept %d other file(s) of %s next to the new adapter files.", len(foreign), source)
+
+
+def _link_or_copy(source: str | os.PathLike[str], destination: str | os.PathLike[str]) -> None:
+    if os.path.islink(source):
+        os.symlink(os.readlink(source), destination)
+        return
     try:
-        for name, data in files.items():
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.tmp-", dir=target)
-            os.close(fd)
-            temps[name] = Path(tmp_name)
-            write_file(temps[name], data)
-        for name, tmp in temps.items():  # weights first, metadata (with the checksum) last
-            os.replace(tmp, target / name)
-        _fsync_dir(target)
-    except BaseException:
-        for tmp in temps.values():
-            tmp.unlink(missing_ok=True)
-        raise
-    logger.info("Replaced the adapter files in %s (other files in that directory were kept).", target)
-    return target
+        os.link(source, destination)
+    except OSError:  # no hard links on this file system
+        shutil.copy2(source, destination)
 
 
 def read_json(path: Path) -> dict[str, Any]:
