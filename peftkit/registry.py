@@ -199,14 +199,17 @@ def load_plugins(reload: bool = False) -> dict[str, str]:
     for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         before = set(_REGISTRY)
         try:
-            loaded = entry_point.load()
+            loaded = entry_point.load()  # importing the module may register the method (decorator)
+            already_registered = entry_point.name in _REGISTRY or any(
+                spec.builder is loaded for spec in _REGISTRY.values()
+            )
             if (
                 callable(loaded)
                 and not isinstance(loaded, type)
                 and entry_point.attr
-                and entry_point.name not in before
+                and not already_registered
             ):
-                loaded()
+                loaded()  # a register() function
             if entry_point.name not in _REGISTRY:
                 logger.warning(
                     "Plugin entry point %r registered no method %r.", entry_point.value, entry_point.name

@@ -97,6 +97,36 @@ def test_plugin_is_discovered_trained_saved_and_loaded(installed_plugin, tmp_pat
         torch.testing.assert_close(reloaded(**batch).logits, trained_logits)
 
 
+def test_entry_point_naming_a_decorated_builder_is_not_called_and_credits_the_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many plugins register at import time and point their entry point at the builder itself."""
+    (tmp_path / "deco_plugin.py").write_text(
+        "import dataclasses\n"
+        "import peftkit\n"
+        "from peftkit.methods.base import MethodConfig\n\n"
+        "@dataclasses.dataclass\n"
+        "class DecoConfig(MethodConfig):\n"
+        "    method_name = 'deco'\n\n"
+        "@peftkit.register_method('deco', config_cls=DecoConfig)\n"
+        "def build(model, config, adapter_name, targets):\n"
+        "    return None\n"
+    )
+    dist_info = tmp_path / "deco_plugin_dist-2.0.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: deco-plugin-dist\nVersion: 2.0\n")
+    (dist_info / "entry_points.txt").write_text("[peftkit.methods]\ndeco = deco_plugin:build\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    try:
+        errors = registry.load_plugins(reload=True)
+        assert "deco" not in errors
+        assert peftkit.get_method("deco").source == "deco-plugin-dist"
+    finally:
+        registry.unregister_method("deco")
+        sys.modules.pop("deco_plugin", None)
+
+
 def test_broken_plugin_does_not_break_peftkit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "broken_plugin.py").write_text("raise ImportError('missing dependency xyz')\n")
     dist_info = tmp_path / "broken_plugin-1.0.dist-info"
