@@ -10,6 +10,7 @@ from torch.testing import assert_close
 
 from peftkit.errors import QuantizationError
 from peftkit.quantization import describe_int8_paths, enable_fast_int8, quantized_linear_bytes
+from peftkit.quantization.activations import clear_shared
 from peftkit.quantization.int8_kernels import activation_code_max
 
 pytestmark = pytest.mark.skipif(activation_code_max() is None, reason="oneDNN int8 kernels unavailable")
@@ -60,7 +61,7 @@ def fast(layer):
     return enable_fast_int8(nn.Sequential(layer))[0].eval()
 
 
-SHAPES = [(1, 40, 24), (7, 40, 24), (33, 64, 96), (5, 37, 19), (128, 32, 48)]
+SHAPES = [(1, 40, 24), (7, 40, 24), (33, 64, 96), (5, 37, 19), (1, 37, 19), (1, 38, 8), (128, 32, 48)]
 
 
 @pytest.mark.parametrize(("rows", "in_features", "out_features"), SHAPES)
@@ -112,6 +113,25 @@ def test_inputs_of_changing_sizes_reuse_scratch_space_correctly() -> None:
             excess = (out - linear(x)).abs().double() - error_bound(x, layer, 0.0)
             assert excess.max() <= 0
             assert torch.equal(layer(x.clone()), out)  # alone, on a fresh tensor: the same bits
+
+
+def test_an_inference_mode_pass_does_not_break_later_training_or_no_grad_passes() -> None:
+    """Scratch space first allocated under inference_mode (e.g. evaluating first) is reused by training."""
+    clear_shared()
+    linear, layer = int8_layer(40, 24)
+    layer = enable_fast_int8(nn.Sequential(layer))[0]
+    generator = torch.Generator().manual_seed(6)
+    big, small = torch.randn(64, 40, generator=generator), torch.randn(8, 40, generator=generator)
+    with torch.inference_mode():
+        layer.eval()(big)
+    x = small.clone().requires_grad_(True)
+    out = layer.train()(x)
+    out.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    with torch.no_grad():
+        again = layer.eval()(big)
+    excess = (again - linear(big)).abs().double() - error_bound(big, layer, 0.0)
+    assert excess.max() <= 0
 
 
 def test_outlier_columns_are_exact_when_decomposed() -> None:

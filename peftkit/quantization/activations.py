@@ -79,11 +79,14 @@ class _Workspace(threading.local):
             self.views.clear()
         numel = shape[0] * shape[1]
         buffer = self.buffers.get((tag, dtype))
-        if buffer is None or buffer.numel() < numel:
-            buffer = torch.empty(numel, dtype=dtype)
-            self.buffers[(tag, dtype)] = buffer
-            self.views = {key: v for key, v in self.views.items() if key[0] != tag or key[2] != dtype}
-        view = self.views[(tag, shape, dtype)] = buffer[:numel].view(shape)
+        # Normal tensors even under torch.inference_mode(): an inference tensor (or a view made in
+        # inference mode) could never be written again by a later training or no_grad forward.
+        with torch.inference_mode(False):
+            if buffer is None or buffer.numel() < numel:
+                buffer = torch.empty(numel, dtype=dtype)
+                self.buffers[(tag, dtype)] = buffer
+                self.views = {key: v for key, v in self.views.items() if key[0] != tag or key[2] != dtype}
+            view = self.views[(tag, shape, dtype)] = buffer[:numel].view(shape)
         return view
 
     def clear(self) -> None:
@@ -128,7 +131,8 @@ def _outlier_columns(x2: torch.Tensor, threshold: float) -> torch.Tensor | None:
 
 def _stats(packed: torch.Tensor, k: int) -> torch.Tensor:
     """Per-row ``(scale, min)`` stored by the quantiser after the ``k`` codes, as a ``(M, 2)`` tensor."""
-    return packed[:, k:].contiguous().view(torch.float32)
+    # A fresh (M, 8) copy: a slice at byte offset K cannot be viewed as float32 unless 4 divides K.
+    return packed[:, k:].clone(memory_format=torch.contiguous_format).view(torch.float32)
 
 
 #: ``stats @ _PEAKS`` gives each row's ``(max, -min)``: ``max = min + 255 * scale``.
