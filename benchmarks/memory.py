@@ -7,8 +7,9 @@ process, forked from a ``forkserver`` that has already imported torch, transform
 (saving the import time per probe; no torch work ran in it, so forking is safe). Standalone:
 ``python -m benchmarks.memory '<json>'``. A probe loads + wraps the model, then resets the
 high-water mark (Linux: write ``5`` to ``/proc/self/clear_refs``) so the one-off peak of loading
-(e.g. bitsandbytes quantising fp32 weights) is excluded, runs a few training steps (the first
-allocates the optimizer state, later ones reach the steady-state peak), and reads ``VmHWM``.
+(e.g. bitsandbytes quantising fp32 weights) is excluded, runs a few inference forwards and reads
+``VmHWM`` (the inference peak), resets it again, runs a few training steps (the first allocates
+the optimizer state, later ones reach the steady-state peak), and reads ``VmHWM``.
 Where the reset is impossible the peak falls back to ``ru_maxrss`` (loading included) and says
 so in ``peak_source``. On CUDA the probe also reports ``torch.cuda.max_memory_allocated``.
 """
@@ -67,8 +68,8 @@ def probe(spec: dict[str, Any]) -> dict[str, Any]:
         ``rss_start_mb`` (before loading), ``rss_loaded_mb`` (model ready, every weight page
         resident: safetensors checkpoints are memory-mapped and would otherwise be paged in
         during the first step) split into anonymous and file-backed (mapped checkpoint, libraries)
-        parts, ``peak_rss_mb``
-        (high-water mark while training), ``train_extra_mb`` (peak minus loaded),
+        parts, ``infer_peak_rss_mb`` (high-water mark of a few inference forwards, run first),
+        ``peak_rss_mb`` (high-water mark while training), ``train_extra_mb`` (peak minus loaded),
         ``peak_source`` and, on CUDA, ``cuda_peak_mb``.
 
     """
@@ -88,6 +89,10 @@ def probe(spec: dict[str, Any]) -> dict[str, Any]:
     rss_loaded = current_rss_mb()
     status = _proc_status()
     was_reset = reset_peak_rss()
+    for _ in range(spec["steps"]):  # inference first: its peak is then not the leftovers of training
+        runner.infer_step(batch)
+    infer_peak = peak_rss_mb()
+    was_reset = reset_peak_rss() and was_reset
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     for _ in range(spec["steps"]):
@@ -98,6 +103,7 @@ def probe(spec: dict[str, Any]) -> dict[str, Any]:
         "rss_loaded_mb": rss_loaded,
         "rss_loaded_anon_mb": status["RssAnon"] / 1024 if "RssAnon" in status else None,
         "rss_loaded_file_mb": status["RssFile"] / 1024 if "RssFile" in status else None,
+        "infer_peak_rss_mb": infer_peak,
         "peak_rss_mb": peak,
         "train_extra_mb": peak - rss_loaded,
         "peak_source": "VmHWM reset after loading" if was_reset else "ru_maxrss (includes loading)",

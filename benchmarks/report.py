@@ -75,7 +75,7 @@ def _training_table(result: dict[str, Any], labels: list[str]) -> list[str]:
     base_bytes = result["model"]["base_checkpoint_bytes"]
     header = ["variant", "trainable params"]
     header += [f"tokens/s {label}" for label in labels] + [f"MFU {label}" for label in labels]
-    header += ["peak RSS MiB", "adapter file"]
+    header += ["peak RSS MiB (training / inference)", "adapter file"]
     rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     names = list(result["shapes"][0]["train"]) if result["shapes"] else []
     for name in names:
@@ -90,9 +90,8 @@ def _training_table(result: dict[str, Any], labels: list[str]) -> list[str]:
             mfu = shape["train"][name].get("mfu")
             cells.append(stat_from_dict(mfu).fmt(1, 100) + " %" if mfu else "n/a")
         memory = info.get("memory") or {}
-        cells.append(
-            f"{memory['peak_rss_mb']:,.0f}" if "peak_rss_mb" in memory else memory.get("error", "n/a")
-        )
+        peaks = [f"{memory[key]:,.0f}" for key in ("peak_rss_mb", "infer_peak_rss_mb") if memory.get(key)]
+        cells.append(" / ".join(peaks) if peaks else memory.get("error", "n/a"))
         adapter = info.get("adapter_file") or {}
         size = adapter.get("weights_bytes")
         cells.append(f"{_bytes(size)} ({_pct(size, base_bytes, 2)} of base)" if size else "n/a")
@@ -152,7 +151,38 @@ def _int8_section(result: dict[str, Any]) -> list[str]:
             f"Quantised linear layers: {int8['layers']}, weights {_bytes(int8['quantized_bytes'])} in 8-bit "
             f"(codes + row scales) vs {_bytes(int8['fp32_bytes'])} in fp32 ({int8['ratio']:.3f}x)."
         )
+        if int8.get("packed_bytes"):
+            resident = int8["quantized_bytes"] + int8["packed_bytes"]
+            lines[-1] += (
+                f" The fast CPU path adds one packed int8 copy per layer ({_bytes(int8['packed_bytes'])}), so "
+                f"{_bytes(resident)} are resident while it is enabled ({resident / int8['fp32_bytes']:.3f}x fp32); "
+                "`peftkit.enable_fast_int8(model, enabled=False)` frees it."
+            )
+    lines += _rss_comparison(result)
     return lines
+
+
+def _rss_comparison(result: dict[str, Any]) -> list[str]:
+    """One sentence per method: 8-bit vs fp32 peak RSS of inference and of training."""
+    memory = {name: info.get("memory") or {} for name, info in result["variants"].items()}
+    parts = []
+    for name, figures in memory.items():
+        reference = memory.get(name.replace("int8-", "fp32-", 1)) if name.startswith("int8-") else None
+        if not reference or "peak_rss_mb" not in figures or "peak_rss_mb" not in reference:
+            continue
+        infer = ""
+        if figures.get("infer_peak_rss_mb") and reference.get("infer_peak_rss_mb"):
+            infer = (
+                f"inference {figures['infer_peak_rss_mb']:,.0f} vs {reference['infer_peak_rss_mb']:,.0f} MiB "
+                f"({figures['infer_peak_rss_mb'] / reference['infer_peak_rss_mb']:.2f}x), "
+            )
+        parts.append(
+            f"{_variant_label(name)}: {infer}training {figures['peak_rss_mb']:,.0f} vs "
+            f"{reference['peak_rss_mb']:,.0f} MiB ({figures['peak_rss_mb'] / reference['peak_rss_mb']:.2f}x)"
+        )
+    if not parts:
+        return []
+    return ["", "Peak RSS, 8-bit vs fp32 base (fresh process per variant): " + "; ".join(parts) + "."]
 
 
 def _notes(result: dict[str, Any]) -> list[str]:
@@ -168,7 +198,8 @@ def _notes(result: dict[str, Any]) -> list[str]:
         "target_modules=['query', 'value'], modules_to_save=['classifier']))`, the same LoRA as "
         "`peftkit.wrap(model, 'lora', r=8, alpha=16, target_modules=['query', 'value'])`.",
         "* **Peak RSS:** one fresh process per variant: load + wrap, reset the kernel's high-water mark "
-        "(`/proc/self/clear_refs`), run a few training steps, read `VmHWM`. It includes the Python/torch "
+        "(`/proc/self/clear_refs`), run a few inference forwards, read `VmHWM` (inference), reset it again, "
+        "run a few training steps, read `VmHWM` (training). It includes the Python/torch "
         "runtime and the model, not the one-off peak of loading. Peak CUDA memory "
         "(`torch.cuda.max_memory_allocated`) is reported on GPUs only.",
         f"* **MFU:** FLOPs of forward + backward counted with `torch.utils.flop_counter.FlopCounterMode` "
@@ -177,9 +208,9 @@ def _notes(result: dict[str, Any]) -> list[str]:
         f"GFLOP/s (`torch.mm` {peak.get('size')}x{peak.get('size')}, {peak.get('threads')} threads). 8-bit "
         "variants use the FLOPs of the same fp32 method (nominal).",
         "* **8-bit variants:** loaded with `peftkit.quantization.load_base(..., load_in_8bit=True)` (heads "
-        "in fp32). Training runs through bitsandbytes' `Linear8bitLt`; inference takes peftkit's fast int8 "
-        "path (on CPU), so the inference table shows it under LoRA/AdaLoRA/Adapter. bitsandbytes' own eval "
-        "path is in the 8-bit section.",
+        "in fp32). On CPU, training and inference forwards take peftkit's fast int8 path (the training "
+        "backward multiplies by the dequantised weight, as bitsandbytes does), so the tables show it under "
+        "LoRA/AdaLoRA/Adapter. bitsandbytes' own eval path is in the 8-bit section.",
         "* **Adapter file:** `peftkit.save_adapter` (weights: `adapter_model.safetensors`, includes the "
         "trained head); full fine-tuning stores every parameter.",
     ]

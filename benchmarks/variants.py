@@ -2,7 +2,7 @@
 
 Every variant starts from the same checkpoint and the same seed. 8-bit bases come from
 :func:`peftkit.quantization.load_base` (heads kept in fp32; on CPU with the fast int8 inference
-path, which training bypasses).
+path, used by training forwards too).
 """
 
 from __future__ import annotations

@@ -39,11 +39,14 @@ def test_dry_run_writes_json_markdown_and_plots(tmp_path, capsys):
     assert result["variants"]["fp32-lora"]["trainable"] < result["variants"]["fp32-full"]["trainable"]
     assert result["variants"]["fp32-lora"]["adapter_file"]["weights_bytes"] > 0
     assert result["variants"]["fp32-lora"]["memory"]["peak_rss_mb"] > 0
+    assert result["variants"]["int8-lora"]["memory"]["infer_peak_rss_mb"] > 0
     assert 0 < result["int8_linear"]["ratio"] < 1
     assert {g["verdict"] for g in result["goals"]} <= {"PASS", "FAIL", "N/A"}
 
-    markdown = (tmp_path / "latest.md").read_text()
+    assert not (tmp_path / "latest.md").exists(), "a dry run must not replace the full run's page"
+    markdown = (tmp_path / "latest-dry.md").read_text()
     assert "## Goals" in markdown and result["machine"]["cpu_model"] in markdown
+    assert "Peak RSS, 8-bit vs fp32 base" in markdown and "packed int8 copy" in markdown
     pngs = sorted(p.name for p in tmp_path.glob("*.png"))
     assert len(pngs) == 3 and all(p.startswith(json_file.stem) for p in pngs)
     assert "Goals:" in capsys.readouterr().out
