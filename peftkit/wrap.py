@@ -279,10 +279,27 @@ def _wrap_heads(model: nn.Module, heads: list[str], adapter_name: str) -> None:
         module = model.get_submodule(head)
         if isinstance(module, ModulesToSaveWrapper):
             module.update(adapter_name)
-            continue
-        parent_name, _, child_name = head.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child_name, ModulesToSaveWrapper(module, adapter_name))
+        else:
+            parent_name, _, child_name = head.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            module = ModulesToSaveWrapper(module, adapter_name)
+            setattr(parent, child_name, module)
+        _train_in_full_precision(module.modules_to_save[adapter_name])
+
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _train_in_full_precision(head: nn.Module) -> None:
+    """Keep a trained head copy in fp32 on a half-precision base: cast it, and its inputs on the way in."""
+    if not any(param.dtype in _HALF for param in head.parameters()):
+        return
+    head.float()
+    head.register_forward_pre_hook(_half_inputs_to_fp32)
+
+
+def _half_inputs_to_fp32(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(arg.float() if isinstance(arg, torch.Tensor) and arg.dtype in _HALF else arg for arg in args)
 
 
 def _check_head(model: nn.Module, name: str) -> None:

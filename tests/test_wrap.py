@@ -155,3 +155,20 @@ def test_multiple_adapters_switch_and_disable() -> None:
     torch.testing.assert_close(model(**batch).logits, base_logits)
     peftkit.enable_adapters(model)
     torch.testing.assert_close(model(**batch).logits, logits_b)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_head_is_trained_in_fp32_on_a_bfloat16_base(method: str) -> None:
+    base = make_model("bert").to(torch.bfloat16)
+    batch = make_batch("bert")
+    with torch.no_grad():
+        expected = base(**batch).logits
+    model = peftkit.wrap(base, method, **OPTIONS[method])
+    head = model.classifier
+    assert head.original_module.weight.dtype == torch.bfloat16, "the base's own head is untouched"
+    assert all(p.dtype == torch.float32 and p.requires_grad for p in head.modules_to_save.parameters())
+    out = model(**batch)
+    assert out.logits.dtype == torch.float32
+    torch.testing.assert_close(out.logits.detach(), expected.float(), atol=2e-2, rtol=2e-2)  # bf16 rounding
+    out.loss.backward()
+    assert head.modules_to_save["default"].weight.grad.dtype == torch.float32
