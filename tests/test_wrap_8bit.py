@@ -55,7 +55,7 @@ def test_methods_train_on_an_8bit_base(tiny_model_dir, family: str, method: str)
             assert torch.equal(param, int8_before[name]), f"quantised weight {name} changed"
 
 
-@pytest.mark.parametrize("method", ["lora", "adapter"])
+@pytest.mark.parametrize("method", ["lora", "adalora", "adapter"])
 def test_adapter_moves_between_8bit_and_fp32_bases(tiny_model_dir, tmp_path: Path, method: str) -> None:
     """An adapter trained on either base loads onto the other; logits agree within int8 error.
 
@@ -66,7 +66,7 @@ def test_adapter_moves_between_8bit_and_fp32_bases(tiny_model_dir, tmp_path: Pat
     family, path = "bert", tiny_model_dir("bert")
     batch = make_batch(family)
     for train_8bit in (True, False):
-        trained = peftkit.wrap(_load(path, family, train_8bit), method)
+        trained = peftkit.wrap(_load(path, family, train_8bit), method, **OPTIONS[method])
         _train(trained, family)
         out = tmp_path / f"{method}-{train_8bit}"
         peftkit.save_adapter(trained, out)
@@ -78,3 +78,19 @@ def test_adapter_moves_between_8bit_and_fp32_bases(tiny_model_dir, tmp_path: Pat
         scale = expected.abs().max().item()
         assert (got - expected).abs().max().item() <= 0.05 * scale
         assert (untrained - expected).abs().max().item() > 0.05 * scale  # the adapter matters
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2"])
+@pytest.mark.parametrize("method", ["lora", "adalora", "adapter"])
+def test_adapter_reloads_exactly_onto_an_8bit_base(
+    tiny_model_dir, tmp_path: Path, family: str, method: str
+) -> None:
+    path = tiny_model_dir(family)
+    trained = peftkit.wrap(_load(path, family, True), method, **OPTIONS[method])
+    _train(trained, family, steps=3)
+    peftkit.save_adapter(trained, tmp_path / "adapter")
+    batch = make_batch(family)
+    with torch.no_grad():
+        expected = trained(**batch).logits
+        got = peftkit.load_adapter(_load(path, family, True).eval(), tmp_path / "adapter")(**batch).logits
+    torch.testing.assert_close(got, expected)
