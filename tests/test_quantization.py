@@ -222,6 +222,27 @@ def test_model_without_convertible_layers_is_refused(tiny_model_dir, monkeypatch
         load_base(tiny_model_dir("bert"), num_labels=5, load_in_8bit=True)
 
 
+def test_backbone_layers_left_in_full_precision_are_named(tmp_path, caplog) -> None:
+    """ConvBERT's convolution layers cannot be 8-bit: the load works and says which layers stay fp32."""
+    from transformers import ConvBertConfig, ConvBertForTokenClassification
+
+    torch.manual_seed(0)
+    config = ConvBertConfig(
+        vocab_size=99,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=37,
+        embedding_size=32,
+        num_labels=5,
+    )
+    ConvBertForTokenClassification(config).save_pretrained(tmp_path)
+    with caplog.at_level("WARNING", logger="peftkit.quantization.loading"):
+        model = load_base(tmp_path, num_labels=5, load_in_8bit=True)
+    assert is_quantized(model)
+    assert "stay in full precision: Conv1d" in caplog.text
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_8bit_base(tiny_model_dir) -> None:
     model = load8(tiny_model_dir("bert"), "bert")  # device_map defaults to CUDA device 0

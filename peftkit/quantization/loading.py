@@ -118,7 +118,7 @@ def _check_converted(model: nn.Module, skipped: list[str]) -> None:
             for m in backbone.modules()
             if not isinstance(m, (bnb.nn.Linear8bitLt, nn.Embedding))
             and (weight := m._parameters.get("weight")) is not None
-            and weight.dim() == 2
+            and weight.dim() >= 2  # matrices and convolution kernels
             and weight.is_floating_point()
         }
     )
