@@ -19,6 +19,7 @@ import json
 import logging
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,14 +45,15 @@ into the weights; trained task heads replace the base's heads. An adapter traine
 8-bit base merges into the full-precision base (same fingerprint); to run it in 8-bit,
 quantise at load time: peftkit.load_base(out_dir, load_in_8bit=True).
 
-Bottleneck adapters ("adapter") are non-linear and cannot be merged: merge exits with
-status 1 and writes nothing. Keep such an adapter and load it with peftkit.load_adapter,
-or pass --head-only to write the base with only the trained task head folded in.
+Bottleneck adapters ("adapter") are non-linear and cannot be folded into weights: merge
+says so (a warning on stderr) and writes the base with only the trained task head folded
+in. Load the adapter onto that model with peftkit.load_adapter to get the adapter model's
+outputs, or mix several bottleneck adapters with `peftkit combine`.
 """
 
 COMBINE_EXAMPLES = """\
 examples:
-  peftkit combine ./ner-a ./ner-b --out ./ner-avg                         # linear, equal weights
+  peftkit combine ./ner-a ./ner-b --out ./ner-avg                         # average of the updates
   peftkit combine ./a ./b --weights 0.7 0.3 --how cat --out ./mix         # exact, rank r_a + r_b
   peftkit combine ./a ./b --how svd --rank 8 --out ./mix                  # truncated SVD of the sum
   peftkit combine ./a ./b ./c --how ties --density 0.5 --out ./mix
@@ -137,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--head-only",
         action="store_true",
         help="for adapters that cannot be merged (bottleneck): save the base with only the trained head "
-        "folded in (LoRA/AdaLoRA always merge fully)",
+        "folded in, without the warning (this is what merge does for them anyway; LoRA/AdaLoRA always "
+        "merge fully)",
     )
     merge.add_argument(
         "--no-check",
@@ -156,10 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     combine.add_argument(
         "--how",
-        default="linear",
+        default=None,
         choices=COMBINATIONS,
         metavar="RULE",
-        help=f"one of {', '.join(COMBINATIONS)}",
+        help=f"one of {', '.join(COMBINATIONS)}. Default: cat for LoRA/AdaLoRA (the exact weighted sum "
+        "of the updates: equal weights average them), linear (parameter averaging) for bottleneck "
+        "adapters. For LoRA, linear is peft's rule: it mixes the A and B factors separately, which is "
+        "cheap and keeps the rank but is not the sum of the updates",
     )
     combine.add_argument(
         "--rank", type=int, metavar="R", help="output rank of the svd rules (default: max rank)"
@@ -210,6 +216,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a library below failed (unreadable base model, I/O): still one line
+        if debug:
+            traceback.print_exc()
+        hint = "" if debug else " (--debug shows the traceback)"
+        print(f"{PROG} {args.command}: error: {type(exc).__name__}: {exc}{hint}", file=sys.stderr)
+        return 1
 
 
 def _cmd_merge(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -217,17 +229,24 @@ def _cmd_merge(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     _quiet_libraries(args)
     from peftkit.merge import merge_adapter
 
-    model = merge_adapter(
-        args.base,
-        args.adapter,
-        args.out,
-        dtype=args.dtype,
-        strict=not args.force,
-        task=args.task,
-        head_only=args.head_only,
-        check=not args.no_check,
-        progress=True,
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        model = merge_adapter(
+            args.base,
+            args.adapter,
+            args.out,
+            dtype=args.dtype,
+            strict=not args.force,
+            task=args.task,
+            head_only=True if args.head_only else None,
+            check=not args.no_check,
+            progress=True,
+        )
+    for warning in caught:
+        if issubclass(warning.category, UserWarning) and "peftkit" in str(warning.filename):
+            print(f"{PROG} merge: warning: {warning.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     report = getattr(model, "peftkit_merge_report", {})
     print(
         f"Merged the {report.get('method', '')} adapter {args.adapter} into {args.base} -> {args.out} ({args.dtype})"
@@ -237,9 +256,9 @@ def _cmd_merge(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             print(
                 f"  {key.replace('_', ' ')}: {value:.3g} (adapter model vs merged model, random probe batch)"
             )
-    if args.head_only:
+    if report.get("head_only"):
         print(
-            "  NOTE: --head-only: only the trained task head was folded in; the adapter layers were NOT merged. "
+            "  NOTE: only the trained task head was folded in; the adapter layers were NOT merged. "
             f"Load {args.adapter} onto the base with peftkit.load_adapter to reproduce the adapter model."
         )
     return 0
@@ -267,7 +286,10 @@ def _cmd_combine(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         seed=args.seed,
         progress=True,
     )
-    print(f"Combined {len(args.adapters)} adapters ({args.how}) -> {out}")
+    from peftkit.io import read_adapter_dir
+
+    how = read_adapter_dir(out).meta.get("combined_from", {}).get("how", args.how)
+    print(f"Combined {len(args.adapters)} adapters ({how}) -> {out}")
     return 0
 
 

@@ -15,7 +15,7 @@ from torch.testing import assert_close
 
 import peftkit
 from peftkit.cli import main
-from peftkit.io import load_adapter
+from peftkit.io import load_adapter, read_adapter_dir
 from peftkit.registry import register_method, unregister_method
 from tests.test_merge import Artefacts, logits
 from tests.tiny_models import make_model
@@ -45,52 +45,56 @@ def start_cli(*args: str, console_script: bool = False) -> subprocess.Popen[str]
 
 @pytest.fixture(scope="module")
 def subprocess_runs(art, tmp_path_factory):
-    """Both real-subprocess runs, started together (each pays the torch/peft import once, in parallel)."""
-    ok_dir, fail_dir = tmp_path_factory.mktemp("cli-ok"), tmp_path_factory.mktemp("cli-fail")
-    lora, expected = art.adapter("gpt2", "lora")
-    bottleneck, _ = art.adapter("bert", "adapter")
-    ok = start_cli(
-        "merge",
-        "--base",
-        str(art.base("gpt2")),
-        "--adapter",
-        str(lora),
-        "--out",
-        str(ok_dir / "merged"),
-        console_script=True,
-    )
-    fail = start_cli(
-        "merge",
-        "--base",
-        str(art.base("bert")),
-        "--adapter",
-        str(bottleneck),
-        "--out",
-        str(fail_dir / "merged"),
-    )
+    """The real-subprocess runs, started together (each pays the torch/peft import once, in parallel)."""
+    runs = {}
+    for name, family, method, base_family in (
+        ("gpt2-lora", "gpt2", "lora", "gpt2"),
+        ("bert-adalora", "bert", "adalora", "bert"),
+        ("bottleneck", "bert", "adapter", "bert"),
+        ("wrong-base", "gpt2", "lora", "bert"),
+    ):
+        directory = tmp_path_factory.mktemp(f"cli-{name}")
+        adapter, expected = art.adapter(family, method)
+        argv = ["merge", "--base", str(art.base(base_family)), "--adapter", str(adapter)]
+        process = start_cli(*argv, "--out", str(directory / "merged"), console_script=name == "gpt2-lora")
+        runs[name] = (process, directory, adapter, expected)
     results = {}
-    for name, process, directory in (("ok", ok, ok_dir), ("fail", fail, fail_dir)):
+    for name, (process, directory, adapter, expected) in runs.items():
         stdout, stderr = process.communicate(timeout=600)
-        results[name] = (process.returncode, stdout, stderr, directory)
-    results["expected"] = expected
+        results[name] = (process.returncode, stdout, stderr, directory, adapter, expected)
     return results
 
 
-@pytest.mark.slow  # two fresh interpreters importing torch/transformers/peft: ~10 s on 2 idle cores
-def test_merge_subprocess_writes_a_plain_transformers_model(subprocess_runs):
-    returncode, stdout, stderr, directory = subprocess_runs["ok"]
+@pytest.mark.slow  # four fresh interpreters importing torch/transformers/peft: ~20 s on 2 idle cores
+@pytest.mark.parametrize(("run", "auto_class"), [("gpt2-lora", "Sequence"), ("bert-adalora", "Token")])
+def test_merge_subprocess_writes_a_plain_transformers_model(subprocess_runs, run: str, auto_class: str):
+    returncode, stdout, stderr, directory, _, expected = subprocess_runs[run]
     assert returncode == 0, stderr
     assert "max abs logit diff fp32" in stdout
-    plain = transformers.AutoModelForSequenceClassification.from_pretrained(directory / "merged")
-    assert_close(logits(plain, "gpt2"), subprocess_runs["expected"], rtol=1e-5, atol=1e-5)
+    auto = getattr(transformers, f"AutoModelFor{auto_class}Classification")
+    plain = auto.from_pretrained(directory / "merged")
+    assert_close(logits(plain, run.split("-")[0]), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_bottleneck_merge_says_it_cannot_fold_and_saves_the_head(subprocess_runs):
+    returncode, stdout, stderr, directory, adapter, expected = subprocess_runs["bottleneck"]
+    assert returncode == 0, stderr
+    assert "peftkit merge: warning:" in stderr and "cannot be merged" in stderr
+    assert "load_adapter" in stderr and "peftkit combine" in stderr and "Traceback" not in stderr
+    assert "NOT merged" in stdout
+    plain = transformers.AutoModelForTokenClassification.from_pretrained(directory / "merged")
+    head = read_adapter_dir(adapter).tensors["base_model.model.classifier.weight"]
+    assert_close(plain.classifier.weight, head)
+    assert_close(logits(load_adapter(plain, adapter), "bert"), expected)
 
 
 @pytest.mark.slow
 def test_failing_subprocess_exits_1_with_the_message_and_leaves_nothing(subprocess_runs):
-    returncode, _, stderr, directory = subprocess_runs["fail"]
+    returncode, _, stderr, directory, _, _ = subprocess_runs["wrong-base"]
     assert returncode == 1
-    assert "peftkit merge: error:" in stderr and "cannot be merged" in stderr
-    assert "load_adapter" in stderr and "Traceback" not in stderr
+    assert "peftkit merge: error:" in stderr and "trained on" in stderr
+    assert "Traceback" not in stderr
     assert list(directory.iterdir()) == []
 
 
@@ -185,6 +189,15 @@ def test_combine_command_writes_a_loadable_adapter(art, tmp_path, capsys):
     assert main(["combine", str(first), str(second), "--weights", "1", "0", "--out", str(out)]) == 0
     assert "Combined 2 adapters" in capsys.readouterr().out
     assert_close(logits(load_adapter(make_model("gpt2"), out), "gpt2"), expected, rtol=1e-5, atol=1e-5)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert main(["combine", str(first), str(second), "--how", "svd", "--rank", "2", "--out", str(out)]) == 1
+    assert "already exists" in capsys.readouterr().err
+    assert main(["combine", str(first), str(second), "--out", str(first)]) == 1
+    assert "is one of the adapters being combined" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before, (
+        "an existing directory is never replaced"
+    )
+    out = tmp_path / "svd"
     assert main(["combine", str(first), str(second), "--how", "svd", "--rank", "2", "--out", str(out)]) == 0
     assert (
         load_adapter(make_model("gpt2"), out).transformer.h[0].attn.c_attn.lora_A["default"].weight.shape[0]
@@ -206,6 +219,22 @@ def test_errors_exit_1_without_traceback_unless_debug(art, tmp_path, capsys):
     assert main(["inspect", str(tmp_path / "missing")]) == 1
     assert "does not exist" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+    broken_base = tmp_path / "base-without-weights"
+    broken_base.mkdir()
+    (broken_base / "config.json").write_text((art.base("gpt2") / "config.json").read_text())
+    merge = ["merge", "--base", str(broken_base), "--adapter", str(first), "--out", str(tmp_path / "m")]
+    assert main(merge) == 1  # transformers' own OSError: still one line
+    err = capsys.readouterr().err
+    assert err.startswith("peftkit merge: error: OSError") and "--debug" in err and "Traceback" not in err
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    assert (
+        main(["merge", "--base", str(art.base("gpt2")), "--adapter", str(first), "--out", str(a_file / "m")])
+        == 1
+    )
+    assert "is a file, not a directory" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "base-without-weights"]
 
 
 def test_merge_head_only_and_force(art, tmp_path, capsys):
@@ -233,10 +262,7 @@ def test_merge_head_only_and_force(art, tmp_path, capsys):
     argv = ["merge", "--base", other_base, "--adapter", str(lora), "--out", str(tmp_path / "forced")]
     assert main(argv) == 1
     assert "trained on" in capsys.readouterr().err
-    with pytest.warns(UserWarning):
-        assert (
-            main([*argv, "--force", "--dtype", "float16", "--task", "token-classification", "--no-check"])
-            == 0
-        )
+    assert main([*argv, "--force", "--dtype", "float16", "--task", "token-classification", "--no-check"]) == 0
+    assert "peftkit merge: warning:" in capsys.readouterr().err
     merged = transformers.AutoModelForTokenClassification.from_pretrained(tmp_path / "forced")
     assert merged.dtype == torch.float16

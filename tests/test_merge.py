@@ -167,16 +167,20 @@ def test_merging_a_pruned_adalora_adapter(art, tmp_path):
     assert_close(logits(load_adapter(make_model("gpt2"), mixed), "gpt2"), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_bottleneck_merge_is_refused_and_writes_nothing(art, tmp_path):
+def test_bottleneck_merge_refused_on_request_or_without_a_head_writes_nothing(art, tmp_path):
     adapter, _ = art.adapter("bert", "adapter")
-    with pytest.raises(MergeError, match=r"cannot be merged.*load_adapter.*combine.*--head-only"):
-        merge_adapter(art.base("bert"), adapter, tmp_path / "out")
+    with pytest.raises(MergeError, match=r"cannot be merged.*load_adapter.*combine"):
+        merge_adapter(art.base("bert"), adapter, tmp_path / "out", head_only=False)
+    headless, _ = art.adapter("llama", "adapter")  # a causal LM: its LM head is frozen, never saved
+    with pytest.raises(MergeError, match="no trained task head"):
+        merge_adapter(art.base("llama"), headless, tmp_path / "out2")
     assert list(tmp_path.iterdir()) == []
 
 
-def test_bottleneck_head_only_folds_the_head_and_the_adapter_still_loads(art, tmp_path):
+def test_bottleneck_merge_warns_and_folds_only_the_head_and_the_adapter_still_loads(art, tmp_path):
     adapter, expected = art.adapter("bert", "adapter")
-    merge_adapter(art.base("bert"), adapter, tmp_path / "out", head_only=True)
+    with pytest.warns(UserWarning, match=r"cannot be merged.*WITHOUT the adapter layers.*load_adapter"):
+        merge_adapter(art.base("bert"), adapter, tmp_path / "out")
     plain = transformers.AutoModelForTokenClassification.from_pretrained(tmp_path / "out")
     head = read_adapter_dir(adapter).tensors["base_model.model.classifier.weight"]
     assert_close(plain.classifier.weight, head)

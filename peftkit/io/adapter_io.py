@@ -270,12 +270,11 @@ def _check_base(model: nn.Module, files: AdapterFiles, strict: bool) -> None:
         f"The adapter in {str(files.path)!r} was trained on {describe_fingerprint(expected)}, but it is being loaded "
         f"onto {describe_fingerprint(actual)}: {mismatch_reason(expected, actual)}. Load the base it was trained on "
         f"(from_pretrained({expected.get('name_or_path') or '<that model>'!r})); to load it onto this model anyway, "
-        "pass strict=False (outputs will differ from the trained model)."
+        "pass strict=False (peftkit merge: --force; outputs will differ from the trained model)."
     )
     if strict:
         raise BaseModelMismatchError(message)
     warnings.warn(message, UserWarning, stacklevel=3)
-    logger.warning(message)
 
 
 def _check_not_already_merged(model: nn.Module, files: AdapterFiles, strict: bool) -> None:
@@ -287,7 +286,7 @@ def _check_not_already_merged(model: nn.Module, files: AdapterFiles, strict: boo
     message = (
         f"The adapter in {str(files.path)!r} is already merged into this model (recorded by peftkit merge in its "
         "config.json): loading it again would apply it twice. Load it onto the original base model instead, or "
-        "pass strict=False if you really mean to."
+        "pass strict=False (peftkit merge: --force) if you really mean to."
     )
     if strict:
         raise BaseModelMismatchError(message)

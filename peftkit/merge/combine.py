@@ -34,7 +34,7 @@ _BOTTLENECK_SHAPE_OPTIONS = ("placement", "reduction_factor", "non_linearity", "
 def combine_adapters(
     dirs: Sequence[str | os.PathLike[str]],
     weights: Sequence[float] | None = None,
-    how: str = "linear",
+    how: str | None = None,
     out_dir: str | os.PathLike[str] | None = None,
     *,
     rank: int | None = None,
@@ -55,8 +55,11 @@ def combine_adapters(
         dirs: Two or more adapter directories.
         weights: One weight per adapter (default ``1/N`` each). For LoRA they multiply each update
             (task arithmetic), so ``(1, 1)`` adds two updates and ``(1, 0)`` returns the first.
-        how: Combination rule.
-        out_dir: Output directory (written atomically; an existing adapter there is replaced).
+        how: Combination rule. Default: ``cat`` for LoRA / AdaLoRA (exactly ``sum w_i delta_W_i``,
+            so equal weights average the updates), ``linear`` (parameter averaging) for bottleneck
+            adapters. Note that LoRA's ``linear`` is peft's rule, which mixes the ``A`` and ``B``
+            factors separately and is not the weighted sum of the updates.
+        out_dir: Output directory, which must not exist yet (written atomically).
         rank: Output rank of the SVD rules (default: the largest input rank).
         density: Fraction of values kept by ``ties`` / ``dare_*`` / ``magnitude_prune`` (required there).
         seed: Seed of the random pruning of the ``dare_*`` rules.
@@ -67,7 +70,8 @@ def combine_adapters(
         The output directory.
 
     Raises:
-        InvalidOptionError: Bad ``how`` / ``weights`` / ``density`` / ``rank``, fewer than two adapters.
+        InvalidOptionError: Bad ``how`` / ``weights`` / ``density`` / ``rank``, fewer than two adapters,
+            or ``out_dir`` exists.
         BaseModelMismatchError: The adapters were trained on different bases.
         MergeError: Different methods, targets, head labels, ranks (for the rules needing equal ranks).
 
@@ -86,8 +90,17 @@ def combine_adapters(
         raise InvalidOptionError(
             f"Got {len(weights)} weights for {len(dirs)} adapters: give one weight per adapter."
         )
-    check_combination(how, density, rank)
+    out = Path(out_dir)
+    if out.exists():
+        inputs = {Path(d).resolve() for d in dirs}
+        what = "is one of the adapters being combined" if out.resolve() in inputs else "already exists"
+        raise InvalidOptionError(
+            f"Output directory {str(out)!r} {what}; pick a new --out (or remove it first). Nothing was written."
+        )
     views = [view_adapter(read_adapter_dir(d)) for d in dirs]
+    if how is None:
+        how = "cat" if views[0].method in LOW_RANK_METHODS else "linear"
+    check_combination(how, density, rank)
     check_compatible(views, how, rank)
     first = views[0]
     generator = torch.Generator().manual_seed(seed)

@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 #: Message shared by the CLI and the Python API when an adapter cannot be folded.
 NOT_MERGEABLE_HINT = (
     "Keep the adapter as it is and load it onto the base with peftkit.load_adapter(model, DIR); to mix several "
-    "bottleneck adapters into one, use `peftkit combine` (parameter averaging). `peftkit merge --head-only` writes "
+    "bottleneck adapters into one, use `peftkit combine` (parameter averaging). By default `peftkit merge` writes "
     "the base model with the trained task head folded in, but WITHOUT the adapter layers."
 )
 

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +67,7 @@ def merge_adapter(
     dtype: str | torch.dtype = "float32",
     strict: bool = True,
     task: str | None = None,
-    head_only: bool = False,
+    head_only: bool | None = None,
     check: bool = True,
     progress: bool = False,
 ) -> nn.Module:
@@ -84,8 +85,9 @@ def merge_adapter(
         task: ``"token-classification"``, ``"sequence-classification"``, ``"causal-lm"`` or
             ``"question-answering"``; default: the architecture recorded in the adapter's fingerprint
             (for adapters written by peft: its ``task_type``, else the base's ``architectures``).
-        head_only: For adapters that cannot be merged (bottleneck): fold only the trained heads and
-            drop the adapter layers. The result's outputs differ from the adapter model's.
+        head_only: Fold only the trained heads and drop the adapter layers (the result's outputs
+            then differ from the adapter model's). ``None`` (default): only for adapters that cannot
+            be folded (bottleneck), with a warning saying so; ``False`` refuses those instead.
         check: Compare the logits of the adapter model and of the merged model on a random probe
             batch and record the largest difference (logged, and written to ``peftkit_merge.json``).
         progress: Show a progress bar while folding.
@@ -94,7 +96,8 @@ def merge_adapter(
         The merged plain transformers model (``model.peftkit_merge_report`` holds the check).
 
     Raises:
-        MergeError: The method cannot be merged (bottleneck; see ``head_only``), or NaNs.
+        MergeError: The method cannot be merged and ``head_only=False`` or the adapter has no
+            trained head to save, or NaNs.
         QuantizationError: The base holds 8-bit weights.
         BaseModelMismatchError: The base is not the adapter's (``strict``).
         InvalidOptionError: Bad ``dtype`` / ``task``, or ``out_dir`` exists.
@@ -110,13 +113,33 @@ def merge_adapter(
         raise InvalidOptionError(
             f"Output directory {str(out)!r} already exists; remove it or pick another --out."
         )
+    blocking = next((parent for parent in (out.parents if out else ()) if parent.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise InvalidOptionError(
+            f"Cannot write the merged model to {str(out)!r}: {str(blocking)!r} is a file, not a directory. "
+            "Pick another --out."
+        )
     files = read_adapter_dir(adapter_dir)
     spec = get_method(files.method, plugin_hint=files.plugin)
-    if not spec.mergeable and not head_only:
-        raise MergeError(
+    if not spec.mergeable:
+        reason = (
             f"The {files.method!r} adapter in {str(files.path)!r} cannot be merged into the base weights: it is not "
-            f"a linear update of existing weights ({spec.description or files.method}). {NOT_MERGEABLE_HINT}"
+            f"a linear update of existing weights ({spec.description or files.method})."
         )
+        if head_only is False or not files.heads:
+            why = "" if files.heads else " It has no trained task head to save either."
+            raise MergeError(f"{reason}{why} {NOT_MERGEABLE_HINT}")
+        if head_only is None:
+            warnings.warn(
+                f"{reason} Saving the base model with the trained task head ({', '.join(files.heads)}) only, "
+                f"WITHOUT the adapter layers: load the adapter onto it with peftkit.load_adapter(model, "
+                f"{str(files.path)!r}) to reproduce the adapter model, or mix several bottleneck adapters with "
+                "`peftkit combine`.",
+                UserWarning,
+                stacklevel=2,
+            )
+        head_only = True
+    head_only = bool(head_only)
     if isinstance(base_path_or_model, nn.Module):
         model, base_dir = unwrap_model(base_path_or_model), _source_dir(base_path_or_model)
         if get_state(model) is not None and get_state(model).adapters:
