@@ -256,3 +256,20 @@ def test_on_optimizer_step_sees_every_step_with_gradients(tmp_path, monkeypatch)
     monkeypatch.setattr(peftkit, "on_optimizer_step", record)
     _, result = run(tmp_path, "hook", data=samples(n=20), epochs=2, grad_accum=2)
     assert seen == list(range(1, result.global_step + 1))
+
+
+def test_resume_with_another_lr_and_more_epochs_follows_the_new_schedule(tmp_path):
+    """After --resume with other --lr / --epochs the new values apply (they were silently ignored)."""
+    run(tmp_path, "short", epochs=1, lr=5e-3, checkpoint_every=3)
+    _, resumed = run(tmp_path, "short", epochs=2, lr=1e-3, resume=True)
+    _, reference = run(tmp_path, "long", epochs=2, lr=1e-3)
+
+    def rates(result):
+        return {r["step"]: r["lr"] for r in result.history if "lr" in r}
+
+    new, expected = rates(resumed), rates(reference)
+    assert resumed.global_step == reference.global_step == 12
+    assert set(new) == set(range(7, 13))  # the resumed run logged the steps it took
+    for step, rate in new.items():
+        assert rate == pytest.approx(expected[step], rel=1e-12), f"step {step}"
+    assert new[12] > 0, "the extra epoch trains (it ran at lr 0 when the old schedule was kept)"

@@ -46,7 +46,7 @@ from peftkit.training.checkpoint import CheckpointManager
 from peftkit.training.evaluation import ComputeMetrics, EvalStep, evaluate
 from peftkit.training.faults import NumericGuard, StepReport
 from peftkit.training.method_state import collect_method_state, restore_method_state
-from peftkit.training.optim import build_optimizer, build_scheduler, steps_per_epoch
+from peftkit.training.optim import build_optimizer, build_scheduler, resume_schedule, steps_per_epoch
 from peftkit.training.progress import ProgressReporter, count_tokens
 from peftkit.training.records import (
     LoopState,
@@ -365,7 +365,7 @@ class _Loop:
         if path is None:
             return
         payload, tensors = self.ckpt.load(path)
-        self.scheduler.load_state_dict(payload["scheduler"])
+        resume_schedule(self.scheduler, payload["scheduler"])
         restore_method_state(self.unwrapped, tensors, payload.get("method_state", {}))
         self.state = LoopState(**payload["loop"])
         if self.state.batches_in_epoch >= len(self.train_dl):
@@ -375,8 +375,8 @@ class _Loop:
         changed = changed_settings(payload, config, self.acc.num_processes)
         if changed:
             text = ", ".join(f"{k}: {old} -> {new}" for k, (old, new) in changed.items())
-            logger.warning("Resuming with settings that differ from the checkpoint (%s): the run will not "
-                           "match an uninterrupted one.", text)  # fmt: skip
+            logger.warning("Resuming with settings that differ from the checkpoint (%s): they apply from step %d "
+                           "on, so the run will not match an uninterrupted one.", text, self.state.global_step + 1)  # fmt: skip
         logger.info(
             "Resumed from %s at step %d (epoch %d, batch %d).",
             path, self.state.global_step, self.state.epoch, self.state.batches_in_epoch,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -75,6 +76,32 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total
         config.warmup_steps if config.warmup_steps is not None else int(config.warmup_ratio * total_steps)
     )
     return LambdaLR(optimizer, WarmupSchedule(warmup, total_steps, decay=config.lr_schedule == "linear"))
+
+
+def resume_schedule(scheduler: LambdaLR, saved: dict[str, Any]) -> None:
+    """Continue at ``saved``'s step under *this* run's learning rate and schedule.
+
+    A saved scheduler state holds the step count and also the original run's peak learning rates
+    and schedule fields (total steps, warm-up); loading it as it is would silently keep those
+    after a resume with another ``--lr`` or ``--epochs``. Only the step count is taken; each
+    parameter group's learning rate is then set for that step, overriding the one restored with
+    the optimizer state. With unchanged settings every value is the same as saved, so resuming
+    stays bit-exact.
+
+    Args:
+        scheduler: The scheduler built for the current run.
+        saved: ``scheduler.state_dict()`` of the run being resumed.
+
+    """
+    current = scheduler.state_dict()
+    scheduler.load_state_dict({**saved, "base_lrs": current["base_lrs"], "lr_lambdas": current["lr_lambdas"]})
+    step = scheduler.last_epoch
+    rates = [
+        base * schedule(step) for base, schedule in zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)
+    ]
+    for group, rate, base in zip(scheduler.optimizer.param_groups, rates, scheduler.base_lrs, strict=True):
+        group["lr"], group["initial_lr"] = rate, base
+    scheduler._last_lr = rates
 
 
 def steps_per_epoch(batches_per_process: int, grad_accum: int) -> int:
