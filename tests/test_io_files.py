@@ -299,3 +299,16 @@ def test_adalora_rank_pattern_must_fit_the_weights(tmp_path: Path) -> None:
         write_adapter_dir(tmp_path / "bad", config, original.meta, original.tensors)
         with pytest.raises(AdapterFileError, match=message):
             read_adapter_dir(tmp_path / "bad")
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o755), (0o027, 0o750)])
+def test_saved_adapter_directory_follows_the_umask(tmp_path: Path, umask: int, mode: int) -> None:
+    """Like any directory the user creates (the temp directory it is renamed from is private)."""
+    previous = os.umask(umask)
+    try:
+        target = save_adapter(trained("bert", "lora"), tmp_path / "adapter")
+        save_adapter(trained("bert", "lora", adapter_seed=1), target)  # replacing keeps it readable too
+    finally:
+        os.umask(previous)
+    assert target.stat().st_mode & 0o777 == mode
+    assert (target / "peftkit.json").stat().st_mode & 0o777 == mode & 0o666

@@ -153,7 +153,16 @@ def temp_dir_beside(target: Path, kind: str = "tmp") -> Path:
     abandoned once this process is gone.
     """
     prefix = f".{target.name}.{kind}-{_host_tag()}-{os.getpid()}-"
-    return Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
+    os.chmod(path, _directory_mode())  # mkdtemp makes it private (0700); it becomes the published directory
+    return path
+
+
+def _directory_mode() -> int:
+    """The mode ``mkdir`` would give a new directory under the current umask."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o777 & ~mask
 
 
 def remove_stale_temp_dirs(target: Path) -> list[Path]:
