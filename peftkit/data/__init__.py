@@ -33,6 +33,7 @@ from peftkit.data.text import (
     pack_blocks,
     political_speeches_path,
     predicted_tokens,
+    read_plain_documents,
     read_speeches,
     split_speeches,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "parse_conll",
     "political_speeches_path",
     "predicted_tokens",
+    "read_plain_documents",
     "predictions_to_tags",
     "read_conll",
     "read_conll2003",

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from peftkit.data._files import data_error, locate_package_file, read_csv_rows
+from peftkit.data._files import data_error, locate_package_file, read_csv_rows, read_text
 from peftkit.data.split import stratified_split
 from peftkit.errors import InvalidOptionError
 
@@ -87,6 +87,20 @@ def read_speeches(path: str | Path | None = None) -> list[Speech]:
     if not speeches:
         raise data_error(path, 1, "no non-empty 'text' found; is this the right file?")
     return speeches
+
+
+def read_plain_documents(path: str | Path) -> list[Speech]:
+    """Read a UTF-8 text file (optionally ``.bz2``) whose documents are separated by blank lines.
+
+    Raises:
+        DataError: If the file is missing, not valid UTF-8 (naming line and bytes), or holds no text.
+
+    """
+    path = Path(path)
+    documents = [Speech(part.strip(), "", "") for part in read_text(path).split("\n\n") if part.strip()]
+    if not documents:
+        raise data_error(path, 1, "the file holds no text; documents are separated by blank lines.")
+    return documents
 
 
 def split_speeches(
