@@ -138,8 +138,13 @@ def test_missing_file_and_empty_file(tmp_path):
     ("argv", "match"),
     [
         (["--lr", "0"], r"lr=0.0 must be > 0"),
-        (["--batch-size", "0"], r"batch_size=0 must be >= 1: pass e.g. --batch-size 16"),
+        (["--batch-size", "0"], r"batch_size=0 must be >= 1 and finite: pass e.g. --batch-size 16"),
         (["--warmup-ratio", "1.5"], r"warmup_ratio=1.5 must lie in \[0, 1\)"),
+        (["--lr", "inf"], r"lr=inf must be > 0 and finite"),
+        (["--max-grad-norm", "nan"], r"max_grad_norm=nan must be >= 0 and finite"),
+        (["--explode-factor", "nan"], r"explode_factor=nan must be >= 0"),
+        (["--seed", "-1"], r"seed=-1 must lie in \[0, 2\*\*32\)"),
+        (["--seed", "5000000000"], r"seed=5000000000 must lie in"),
         (["--method", "lroa"], r"method='lroa' is not a registered.*Did you mean 'lora'\?"),
     ],
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Literal
 
 from peftkit.errors import ConfigError, did_you_mean
@@ -82,8 +83,10 @@ class TrainConfig:
                 _at_least(self, name, 1, example)
         if self.warmup_steps is not None:
             _at_least(self, "warmup_steps", 0, "100")
-        if not self.lr > 0:
-            raise ConfigError(f"lr={self.lr} must be > 0: pass e.g. --lr 5e-4.")
+        if not 0 < self.lr < math.inf:
+            raise ConfigError(f"lr={self.lr} must be > 0 and finite: pass e.g. --lr 5e-4.")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed={self.seed} must lie in [0, 2**32): pass e.g. --seed 42.")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ConfigError(
                 f"warmup_ratio={self.warmup_ratio} must lie in [0, 1): pass e.g. --warmup-ratio 0.06."
@@ -170,6 +173,6 @@ class RecipeConfig(TrainConfig):
 
 def _at_least(cfg: object, name: str, minimum: float, example: str) -> None:
     value = getattr(cfg, name)
-    if value < minimum:
+    if not value >= minimum or value == math.inf:  # NaN fails every comparison; inf is no setting
         flag = "--" + name.replace("_", "-")
-        raise ConfigError(f"{name}={value} must be >= {minimum}: pass e.g. {flag} {example}.")
+        raise ConfigError(f"{name}={value} must be >= {minimum} and finite: pass e.g. {flag} {example}.")
