@@ -236,7 +236,8 @@ def training_function(config: ClmConfig) -> int:
         tokenizer.pad_token = (
             tokenizer.eos_token
         )  # padding only fills the held-out tail; labels there are -100
-    train_dl, heldout_dl, heldout_size = get_dataloaders(config, tokenizer)
+    with accelerator.main_process_first():  # data preparation: rank 0 first (it would fill any cache)
+        train_dl, heldout_dl, heldout_size = get_dataloaders(config, tokenizer)
 
     load_clock = common.Stopwatch()
     model = common.load_pretrained(config, model_path, "causal-lm", **load_options)

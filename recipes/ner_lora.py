@@ -162,9 +162,10 @@ def training_function(config: NerConfig) -> int:
     accelerator, clock = common.start_run(config)
     model_path = config.model_path or common.minilm_path()
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    splits = read_splits(config)
-    labels = label_list([s for split in splits.values() for s in split])
-    train_dl, eval_sets = get_dataloaders(config, tokenizer, labels, splits)
+    with accelerator.main_process_first():  # data preparation: rank 0 first (it would fill any cache)
+        splits = read_splits(config)
+        labels = label_list([s for split in splits.values() for s in split])
+        train_dl, eval_sets = get_dataloaders(config, tokenizer, labels, splits)
 
     set_seed(config.seed)  # the new classification head is initialised identically on every process
     model = common.load_pretrained(config, model_path, "token-classification", **common.label_options(labels))

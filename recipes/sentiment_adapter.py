@@ -106,7 +106,8 @@ def training_function(config: SentimentConfig) -> int:
     accelerator, clock = common.start_run(config)
     model_path = config.model_path or common.minilm_path()
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    train_dl, encoded, loaders = get_dataloaders(config, tokenizer)
+    with accelerator.main_process_first():  # data preparation: rank 0 first (it would fill any cache)
+        train_dl, encoded, loaders = get_dataloaders(config, tokenizer)
 
     set_seed(config.seed)
     model = common.load_pretrained(

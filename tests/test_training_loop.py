@@ -20,6 +20,7 @@ from peftkit.training import (
     reset_accelerate_state,
     train,
 )
+from peftkit.training.records import resume_command
 from tests.tiny_models import make_batch, make_model
 
 
@@ -273,3 +274,31 @@ def test_resume_with_another_lr_and_more_epochs_follows_the_new_schedule(tmp_pat
     for step, rate in new.items():
         assert rate == pytest.approx(expected[step], rel=1e-12), f"step {step}"
     assert new[12] > 0, "the extra epoch trains (it ran at lr 0 when the old schedule was kept)"
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "expected"),
+    [
+        (["recipes/ner_lora.py", "--lr", "1e-3"], {}, "python3 recipes/ner_lora.py --lr 1e-3 --resume"),
+        (
+            ["recipes/ner_lora.py", "--resume-from", "out/checkpoints/step-10", "--epochs", "2"],
+            {"ACCELERATE_MIXED_PRECISION": "no"},
+            "accelerate launch recipes/ner_lora.py --epochs 2 --resume",
+        ),
+        (
+            ["recipes/ner_lora.py", "--resume-from=out/checkpoints/step-10", "--resume"],
+            {"ACCELERATE_MIXED_PRECISION": "no", "ACCELERATE_USE_CPU": "True"},
+            "accelerate launch --cpu recipes/ner_lora.py --resume",
+        ),
+        (
+            ["recipes/ner_lora.py"],
+            {"ACCELERATE_MIXED_PRECISION": "no", "ACCELERATE_USE_CPU": "1", "WORLD_SIZE": "2"},
+            "ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 recipes/ner_lora.py --resume",
+        ),
+    ],
+)
+def test_the_resume_command_shown_after_a_stop_continues_from_the_newest_checkpoint(
+    argv, environ, expected, monkeypatch
+):
+    monkeypatch.setattr("sys.executable", "/usr/bin/python3")
+    assert resume_command(argv, environ) == expected

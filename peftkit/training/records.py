@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,9 +85,42 @@ def changed_settings(
     return changed
 
 
-def resume_command(argv: Sequence[str] | None = None) -> str:
-    """The current command line with ``--resume`` appended (for the message after a stop)."""
+def resume_command(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> str:
+    """The command that continues this run from its newest checkpoint (for the message after a stop).
+
+    The current command line, with ``--resume`` instead of any ``--resume-from DIR`` (that
+    checkpoint may be pruned by now), behind ``accelerate launch`` and its process count when
+    the run was started that way.
+
+    Args:
+        argv: The command line (default ``sys.argv``).
+        environ: The environment (default ``os.environ``): Accelerate's launcher sets
+            ``ACCELERATE_MIXED_PRECISION``, and ``WORLD_SIZE`` for several processes.
+
+    """
     args = list(sys.argv if argv is None else argv)
-    if "--resume" not in args:
-        args.append("--resume")
-    return shlex.join(args)
+    env = os.environ if environ is None else environ
+    kept: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--resume-from":
+            skip = True
+        elif not arg.startswith("--resume-from="):
+            kept.append(arg)
+    if "--resume" not in kept:
+        kept.append("--resume")
+    if "ACCELERATE_MIXED_PRECISION" not in env:  # started as a plain script
+        return shlex.join([Path(sys.executable).name, *kept])
+    processes = int(env.get("WORLD_SIZE", "1") or 1)
+    on_cpu = env.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
+    launch = ["accelerate", "launch"]
+    if processes > 1:
+        launch += ["--multi_gpu", "--num_processes", str(processes)]
+    elif on_cpu:
+        launch.append("--cpu")
+    prefix = (
+        "ACCELERATE_USE_CPU=1 " if on_cpu and processes > 1 else ""
+    )  # see the README: --cpu runs 1 process
+    return prefix + shlex.join([*launch, *kept])
