@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from accelerate import Accelerator
@@ -57,20 +57,15 @@ class CommonConfig(RecipeConfig):
 
     threads: int | None = None
 
+    extra_methods: ClassVar[dict[str, str]] = {FULL: "full fine-tuning, the baseline"}
+
     def validate(self) -> None:
         """Validate like :class:`RecipeConfig`, accepting ``method: full`` as well."""
         if self.threads is not None and self.threads < 1:
             raise ConfigError(
                 f"threads={self.threads} must be >= 1: pass e.g. --threads 2 (or null for automatic)."
             )
-        if self.method != FULL:
-            super().validate()
-            return
-        self.method = "lora"  # RecipeConfig checks the name against the method registry
-        try:
-            super().validate()
-        finally:
-            self.method = FULL
+        super().validate()
 
     def wrap_options(self) -> dict[str, Any]:
         """Options for :func:`peftkit.wrap`; ``r``/``alpha``/``dropout`` the method lacks are dropped.

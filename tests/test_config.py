@@ -83,6 +83,18 @@ def test_unknown_command_line_option_suggests_the_closest():
 
 
 @pytest.mark.parametrize(
+    ("theirs", "ours"),
+    [("learning-rate", "lr"), ("num-train-epochs", "epochs"), ("lora-alpha", "alpha"), ("rank", "r")],
+)
+def test_names_from_transformers_and_peft_point_to_ours(tmp_path, theirs: str, ours: str):
+    with pytest.raises(ConfigError, match=rf"Did you mean '--{ours}'\?"):
+        parse_config(RecipeConfig, [f"--{theirs}", "1"])
+    key = theirs.replace("-", "_")
+    with pytest.raises(ConfigError, match=rf"line 1: unknown key '{key}'. Did you mean '{ours}'\?"):
+        parse_config(RecipeConfig, ["--config", str(write(tmp_path, f"{key}: 1\n"))])
+
+
+@pytest.mark.parametrize(
     ("yaml_text", "key", "expected_type", "given"),
     [
         ("epochs: three\n", "epochs", "an integer", "'three'"),

@@ -60,7 +60,15 @@ def test_explicit_config_file_replaces_the_default_one(recipes, tmp_path: Path) 
 
 @pytest.mark.parametrize(
     ("argv", "match"),
-    [(["--train-fil", "x"], "--train-file"), (["--threads", "0"], "threads=0 must be >= 1")],
+    [
+        (["--train-fil", "x"], "--train-file"),
+        (["--threads", "0"], "threads=0 must be >= 1"),
+        (
+            ["--method", "lorra"],
+            r"known: adalora, adapter, lora.*or 'full': full fine-tuning.*Did you mean 'lora'",
+        ),
+        (["--method", "ful"], r"Did you mean 'full'"),
+    ],
 )
 def test_bad_options_are_named_with_the_fix(recipes, argv: list[str], match: str) -> None:
     with pytest.raises(ConfigError, match=match):

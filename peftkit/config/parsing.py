@@ -21,6 +21,38 @@ from peftkit.errors import ConfigError, did_you_mean
 
 T = TypeVar("T")
 
+
+#: Names of the same settings in transformers' ``TrainingArguments`` and peft's configs.
+OTHER_LIBRARY_NAMES = {
+    "learning_rate": "lr",
+    "num_train_epochs": "epochs",
+    "num_epochs": "epochs",
+    "per_device_train_batch_size": "batch_size",
+    "train_batch_size": "batch_size",
+    "per_device_eval_batch_size": "eval_batch_size",
+    "gradient_accumulation_steps": "grad_accum",
+    "lora_r": "r",
+    "rank": "r",
+    "lora_alpha": "alpha",
+    "lora_dropout": "dropout",
+    "output_path": "output_dir",
+    "max_seq_length": "max_length",
+    "model_name_or_path": "model_path",
+}
+
+
+def _suggest(name: str, valid: list[str]) -> str:
+    """``" Did you mean 'lr'?"``: the setting another library calls ``name``, else the closest spelling."""
+    dashed = name.startswith("--")
+    key = name.removeprefix("--").replace("-", "_")
+    ours = OTHER_LIBRARY_NAMES.get(key)
+    if ours is not None:
+        shown = "--" + ours.replace("_", "-") if dashed else ours
+        if shown in valid:
+            return f" Did you mean {shown!r}? (the same setting under the name peftkit uses)"
+    return did_you_mean(name, valid)
+
+
 # ----------------------------------------------------------------------------------------------
 # Type handling
 
@@ -199,7 +231,7 @@ def load_yaml_config(cls: type, path: str | Path) -> dict[str, Any]:
         line = key_node.start_mark.line + 1
         if key not in names:
             raise ConfigError(
-                f"{path} line {line}: unknown key {raw!r}.{did_you_mean(key, names)} "
+                f"{path} line {line}: unknown key {raw!r}.{_suggest(key, names)} "
                 f"Valid keys: {', '.join(names)}."
             )
         if key in lines:
@@ -337,7 +369,7 @@ def parse_config(
         bad = next((u for u in unknown if u.startswith("-")), unknown[0])
         name = bad.split("=", 1)[0]
         raise ConfigError(
-            f"Command line: unknown option {name!r}.{did_you_mean(name, options)} Run with --help to list the options."
+            f"Command line: unknown option {name!r}.{_suggest(name, options)} Run with --help to list the options."
             if name.startswith("-")
             else f"Command line: unexpected argument {bad!r}: options take the form --name VALUE."
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from peftkit.errors import ConfigError, did_you_mean
 
@@ -124,6 +124,9 @@ class RecipeConfig(TrainConfig):
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
 
+    #: Values of ``method`` a recipe handles itself besides the registered methods (e.g. ``"full"``).
+    extra_methods: ClassVar[dict[str, str]] = {}
+
     def validate(self) -> None:
         """Check the training options, the method name and the sample limits."""
         super().validate()
@@ -136,10 +139,11 @@ class RecipeConfig(TrainConfig):
         import peftkit
 
         known = peftkit.methods()
-        if self.method not in known:
+        if self.method not in known and self.method not in self.extra_methods:
+            extra = "".join(f"; or {name!r}: {meaning}" for name, meaning in self.extra_methods.items())
             raise ConfigError(
-                f"method={self.method!r} is not a registered peftkit method; known: {', '.join(known)}."
-                f"{did_you_mean(self.method, known)}"
+                f"method={self.method!r} is not a registered peftkit method; known: {', '.join(known)}{extra}."
+                f"{did_you_mean(self.method, [*known, *self.extra_methods])}"
             )
 
     def wrap_options(self) -> dict[str, Any]:
