@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import shutil
 import sys
 from pathlib import Path
 
@@ -55,16 +54,30 @@ def test_unknown_method_names_plugin_package() -> None:
         registry.get_method("foo", plugin_hint="peftkit-foo")
 
 
+def install_distribution(
+    site: Path, monkeypatch: pytest.MonkeyPatch, module: str, source: str, dist: str, entry_point: str
+) -> None:
+    """Simulate `pip install <dist>`: ``module.py`` plus a dist-info declaring one peftkit entry point."""
+    (site / f"{module}.py").write_text(source)
+    dist_info = site / f"{dist.replace('-', '_')}-1.0.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+    (dist_info / "entry_points.txt").write_text(f"[peftkit.methods]\n{entry_point}\n")
+    monkeypatch.syspath_prepend(str(site))
+    importlib.invalidate_caches()
+
+
 @pytest.fixture
 def installed_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Simulate `pip install peftkit-scale-plugin`: a module plus a dist-info with an entry point."""
-    shutil.copy(PLUGIN_SOURCE, tmp_path / "peftkit_scale_plugin.py")
-    dist_info = tmp_path / "peftkit_scale_plugin-0.3.0.dist-info"
-    dist_info.mkdir()
-    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: peftkit-scale-plugin\nVersion: 0.3.0\n")
-    (dist_info / "entry_points.txt").write_text("[peftkit.methods]\nscale = peftkit_scale_plugin:register\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    importlib.invalidate_caches()
+    install_distribution(
+        tmp_path,
+        monkeypatch,
+        "peftkit_scale_plugin",
+        PLUGIN_SOURCE.read_text(),
+        "peftkit-scale-plugin",
+        "scale = peftkit_scale_plugin:register",
+    )
     registry.load_plugins(reload=True)
     yield
     registry.unregister_method("scale")
@@ -101,7 +114,7 @@ def test_entry_point_naming_a_decorated_builder_is_not_called_and_credits_the_pa
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Many plugins register at import time and point their entry point at the builder itself."""
-    (tmp_path / "deco_plugin.py").write_text(
+    source = (
         "import dataclasses\n"
         "import peftkit\n"
         "from peftkit.methods.base import MethodConfig\n\n"
@@ -112,12 +125,9 @@ def test_entry_point_naming_a_decorated_builder_is_not_called_and_credits_the_pa
         "def build(model, config, adapter_name, targets):\n"
         "    return None\n"
     )
-    dist_info = tmp_path / "deco_plugin_dist-2.0.dist-info"
-    dist_info.mkdir()
-    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: deco-plugin-dist\nVersion: 2.0\n")
-    (dist_info / "entry_points.txt").write_text("[peftkit.methods]\ndeco = deco_plugin:build\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    importlib.invalidate_caches()
+    install_distribution(
+        tmp_path, monkeypatch, "deco_plugin", source, "deco-plugin-dist", "deco = deco_plugin:build"
+    )
     try:
         errors = registry.load_plugins(reload=True)
         assert "deco" not in errors
@@ -128,13 +138,10 @@ def test_entry_point_naming_a_decorated_builder_is_not_called_and_credits_the_pa
 
 
 def test_broken_plugin_does_not_break_peftkit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / "broken_plugin.py").write_text("raise ImportError('missing dependency xyz')\n")
-    dist_info = tmp_path / "broken_plugin-1.0.dist-info"
-    dist_info.mkdir()
-    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 1.0\n")
-    (dist_info / "entry_points.txt").write_text("[peftkit.methods]\nbroken = broken_plugin:register\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    importlib.invalidate_caches()
+    source = "raise ImportError('missing dependency xyz')\n"
+    install_distribution(
+        tmp_path, monkeypatch, "broken_plugin", source, "broken-plugin", "broken = broken_plugin:register"
+    )
     try:
         errors = registry.load_plugins(reload=True)
         assert "missing dependency xyz" in errors["broken"]
