@@ -25,7 +25,7 @@ from typing import Any
 
 from peftkit import __version__
 from peftkit.errors import PeftkitError
-from peftkit.io.paths import check_adapter_dir
+from peftkit.io.paths import META_FILE, check_adapter_dir
 from peftkit.merge.options import COMBINATIONS, DTYPE_NAMES, TASKS
 from peftkit.notices import hide_unused_bnb_kernel_notice
 
@@ -286,9 +286,10 @@ def _cmd_combine(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         seed=args.seed,
         progress=True,
     )
-    from peftkit.io import read_adapter_dir
+    from peftkit.io.files import read_json
 
-    how = read_adapter_dir(out).meta.get("combined_from", {}).get("how", args.how)
+    # the rule actually used (the default depends on the method): from the metadata, not the weights
+    how = read_json(out / META_FILE).get("combined_from", {}).get("how", args.how)
     print(f"Combined {len(args.adapters)} adapters ({how}) -> {out}")
     return 0
 

@@ -45,7 +45,6 @@ from peftkit.registry import MethodSpec, get_method
 from peftkit.rollback import ModelSnapshot
 from peftkit.state import (
     AdapterRecord,
-    adapter_parameters,
     adapter_state_dict,
     get_state,
     peft_key_map,
@@ -185,7 +184,8 @@ def load_adapter(
         if files.rank_pattern and record.handle is not None:
             resize_by_rank_pattern(record.handle, files.rank_pattern, adapter_name)
         _copy_weights(inner, files, adapter_name, strict)
-        set_active(inner, adapter_name)
+        record.trainable = is_trainable
+        set_active(inner, adapter_name)  # sets requires_grad of its weights from record.trainable
     except BaseException:
         snapshot.restore()
         raise
@@ -193,9 +193,6 @@ def load_adapter(
     for module in inner.modules():  # new layers (dropout!) follow the model's train/eval mode
         if id(module) not in known:
             module.training = inner.training
-    record.trainable = is_trainable
-    for param in adapter_parameters(inner, adapter_name).values():
-        param.requires_grad_(is_trainable)
     if is_trainable and files.rank_pattern:
         logger.warning(
             "AdaLoRA adapter %r was saved after rank pruning; continuing to train it keeps the pruned ranks "
