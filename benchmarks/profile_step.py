@@ -25,7 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def module_kind(module: nn.Module) -> str | None:
     """Coarse kind of a module for the per-module breakdown (``None``: not tracked)."""
     name = type(module).__name__
-    if name in ("BottleneckLayer", "ModulesToSaveWrapper", "BertSelfAttention", "BertSdpaSelfAttention"):
+    if name in ("AdapterLayer", "ModulesToSaveWrapper", "BertSelfAttention", "BertSdpaSelfAttention"):
         return name
     if name in ("Linear", "Linear8bitLt") and type(module).__module__.startswith("peft"):
         return "peft LoRA Linear"

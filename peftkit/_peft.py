@@ -46,3 +46,23 @@ def is_conv1d(module: Any) -> bool:
     """
     base = module.get_base_layer() if is_tuner_layer(module) else module
     return type(base).__name__ == "Conv1D"
+
+
+def uses_conv1d(model: Any, patterns: list[str] | str) -> bool:
+    """Whether modules matched by target ``patterns`` are GPT-2 ``Conv1D`` layers (peft's ``fan_in_fan_out``).
+
+    Looks through adapter layers already injected (``get_base_layer``), so a second adapter on a
+    GPT-2 model gets the same ``fan_in_fan_out`` as the first.
+    """
+    from peftkit.targets import matches
+
+    return any(
+        is_conv1d(module)
+        for name, module in model.named_modules()
+        if ".base_layer" not in name and matches(name, patterns)
+    )
+
+
+def targets_conv1d(model: Any, names: list[str]) -> bool:
+    """Whether the adapted modules (full names, as recorded after injection) wrap ``Conv1D`` layers."""
+    return any(is_conv1d(model.get_submodule(name)) for name in names)

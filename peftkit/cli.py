@@ -24,9 +24,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from peftkit import __version__
+from peftkit._argparse import NumberFriendlyParser
 from peftkit.errors import PeftkitError
 from peftkit.io.paths import META_FILE, check_adapter_dir
-from peftkit.merge.options import COMBINATIONS, DTYPE_NAMES, TASKS
+from peftkit.merge.options import COMBINATIONS, DTYPE_NAMES
+from peftkit.models import TASKS
 from peftkit.notices import hide_unused_bnb_kernel_notice
 
 logger = logging.getLogger(__name__)
@@ -77,18 +79,25 @@ examples:
   peftkit methods --json
 
 Lists the built-in methods and those registered by plugins (entry-point group
-"peftkit.methods"), with the package providing each and whether `peftkit merge` can fold it.
+"peftkit.methods") as a feature matrix, from each method's registration:
+  TARGETS    what it adapts by default (architecture roles; "none": adds no layer to targets)
+  IDENTITY   a freshly wrapped model computes exactly what the base computes
+  MERGEABLE  `peftkit merge` folds it into the base weights
+  COMBINE    `peftkit combine`: low-rank (exact weighted sums), average (parameters), no
+  PEFT       peft.PeftModel.from_pretrained loads its directories
+Every method trains, saves, loads, resumes exactly and runs on 8-bit / 4-bit bases; tests/
+test_method_matrix.py checks every row against these columns for the bert, gpt2 and llama families.
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser with its four sub-commands."""
-    common = argparse.ArgumentParser(add_help=False)
+    common = NumberFriendlyParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     common.add_argument(
         "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log progress"
     )
-    parser = argparse.ArgumentParser(
+    parser = NumberFriendlyParser(
         prog=PROG,
         description="Merge, combine and inspect peftkit adapters.",
         epilog=(
@@ -307,23 +316,38 @@ def _cmd_methods(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     from peftkit.registry import load_plugins, method_specs
 
     failed = load_plugins()
-    rows = [
-        {
-            "name": spec.name,
-            "source": spec.source,
-            "mergeable": spec.mergeable,
-            "peft_type": spec.peft_type,
-            "description": spec.description,
-        }
-        for spec in method_specs()
-    ]
+    rows = [_method_row(spec) for spec in method_specs()]
     if args.json:
         print(json.dumps({"methods": rows, "failed_plugins": failed}, indent=2))
         return 0
-    print(_table(rows, ("name", "mergeable", "source", "description")))
+    print(
+        _table(rows, ("name", "targets", "identity", "mergeable", "combine", "peft", "source", "description"))
+    )
     for name, error in failed.items():
         print(f"plugin {name!r} failed to load: {error}", file=sys.stderr)
     return 0
+
+
+def _method_row(spec: Any) -> dict[str, Any]:
+    """One row of the feature matrix (see METHODS_EXAMPLES)."""
+    roles = getattr(spec.default_targets, "roles", None)
+    if not spec.uses_targets:
+        targets = "none"
+    elif spec.default_targets is None:
+        targets = "attention"
+    else:
+        targets = "+".join(roles) if roles else "custom"
+    return {
+        "name": spec.name,
+        "source": spec.source,
+        "targets": targets,
+        "identity": spec.starts_at_identity,
+        "mergeable": spec.mergeable,
+        "combine": spec.combine_kind,
+        "peft": spec.interop is not None and spec.interop.peft_loads,
+        "peft_type": spec.peft_type,
+        "description": spec.description,
+    }
 
 
 def _quiet_libraries(args: argparse.Namespace) -> None:

@@ -18,7 +18,8 @@ class ModelSnapshot:
 
     Injection only replaces child modules, adds entries to ``ModuleDict`` / ``ParameterDict``
     containers, edits the book-keeping attributes of existing adapter layers (active adapter,
-    ranks, scalings), registers forward hooks and edits the peftkit state; restoring the
+    ranks, scalings), registers forward hooks (on the model) and pre-hooks (on any module) and edits the
+    peftkit state; restoring the
     recorded dicts undoes all of that without copying any tensor.
     """
 
@@ -33,6 +34,10 @@ class ModelSnapshot:
         ]
         self.requires_grad = [(p, p.requires_grad) for p in self.model.parameters()]
         self.forward_hooks = dict(self.model._forward_hooks)
+        self.pre_hooks = [
+            (m, dict(m._forward_pre_hooks), dict(m._forward_pre_hooks_with_kwargs))
+            for m in self.model.modules()
+        ]
         self.training = [(m, m.training) for m in self.model.modules()]
         self.extra = {k: self.model.__dict__[k] for k in ("peft_config",) if k in self.model.__dict__}
         state: PeftkitState | None = self.model.__dict__.get(_STATE_ATTR)
@@ -51,6 +56,11 @@ class ModelSnapshot:
             param.requires_grad_(flag)
         self.model._forward_hooks.clear()
         self.model._forward_hooks.update(self.forward_hooks)
+        for module, hooks, with_kwargs in self.pre_hooks:
+            module._forward_pre_hooks.clear()
+            module._forward_pre_hooks.update(hooks)
+            module._forward_pre_hooks_with_kwargs.clear()
+            module._forward_pre_hooks_with_kwargs.update(with_kwargs)
         for module, mode in self.training:
             module.training = mode
         self.model.__dict__.pop("peft_config", None)

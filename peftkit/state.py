@@ -18,10 +18,9 @@ from torch import nn
 
 from peftkit._peft import is_modules_to_save, is_training_wrapper, is_tuner_layer
 from peftkit.errors import NotWrappedError
+from peftkit.registry import PEFT_KEY_PREFIX
 
 _STATE_ATTR = "_peftkit_state"
-#: Prefix of every key in a PEFT-format adapter file.
-PEFT_KEY_PREFIX = "base_model.model."
 
 
 @dataclass

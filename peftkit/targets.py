@@ -1,86 +1,84 @@
-"""Per-architecture defaults: which modules to adapt and which modules are task heads.
+"""Target patterns: resolve them against a model, and the architecture's defaults for a role.
 
-Architectures are detected from ``config.model_type``. Target patterns follow peft's
-convention: a *list* of names matches modules whose full name equals a name or ends with
-``"." + name``; a single *string* is a regular expression matched against full module names.
+Target patterns follow peft's convention: a *list* of names matches modules whose full name equals
+a name or ends with ``"." + name``; a single *string* is a regular expression matched against full
+module names. Which modules a role means in each architecture lives in :mod:`peftkit.models`.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from torch import nn
 
+from peftkit import models
 from peftkit.errors import NoTargetsMatchedError, UnsupportedArchitectureError
+from peftkit.models import head_module_names, model_type
 
-#: Attention projections adapted by LoRA / AdaLoRA by default.
-ATTENTION_TARGETS: dict[str, list[str]] = {
-    "bert": ["query", "value"],
-    "roberta": ["query", "value"],
-    "xlm-roberta": ["query", "value"],
-    "camembert": ["query", "value"],
-    "electra": ["query", "value"],
-    "distilbert": ["q_lin", "v_lin"],
-    "gpt2": ["c_attn"],
-    "llama": ["q_proj", "v_proj"],
-    "mistral": ["q_proj", "v_proj"],
-    "qwen2": ["q_proj", "v_proj"],
-    "gemma": ["q_proj", "v_proj"],
-    "gpt_neox": ["query_key_value"],
-}
-
-_BERT_SUBLAYERS = {"attention": r".*\.attention\.output\.dense", "ffn": r".*\.layer\.\d+\.output\.dense"}
-_LLAMA_SUBLAYERS = {"attention": r".*\.self_attn\.o_proj", "ffn": r".*\.mlp\.down_proj"}
-
-#: Output projections of each sub-layer (attention block, feed-forward block) as regexes; the
-#: bottleneck adapter is inserted right after them.
-SUBLAYER_OUTPUTS: dict[str, dict[str, str]] = {
-    "bert": _BERT_SUBLAYERS,
-    "roberta": _BERT_SUBLAYERS,
-    "xlm-roberta": _BERT_SUBLAYERS,
-    "camembert": _BERT_SUBLAYERS,
-    "electra": _BERT_SUBLAYERS,
-    "distilbert": {"attention": r".*\.attention\.out_lin", "ffn": r".*\.ffn\.lin2"},
-    "gpt2": {"attention": r".*\.attn\.c_proj", "ffn": r".*\.mlp\.c_proj"},
-    "llama": _LLAMA_SUBLAYERS,
-    "mistral": _LLAMA_SUBLAYERS,
-    "qwen2": _LLAMA_SUBLAYERS,
-    "gemma": _LLAMA_SUBLAYERS,
-}
+__all__ = [
+    "by_role",
+    "default_targets",
+    "head_module_names",
+    "is_linear_like",
+    "linear_module_names",
+    "matches",
+    "model_type",
+    "resolve_targets",
+]
 
 
-def model_type(model: nn.Module) -> str:
-    """Return ``model.config.model_type`` (``""`` for a model without a transformers config)."""
-    config = getattr(model, "config", None)
-    return str(getattr(config, "model_type", "") or "")
+def default_targets(model: nn.Module, *roles: str) -> list[str] | str:
+    """Target patterns of one or more roles (see :data:`peftkit.models.ROLES`) in ``model``'s architecture.
 
-
-def attention_targets(model: nn.Module) -> list[str]:
-    """Default LoRA-style targets of ``model``'s architecture.
+    One role gives its patterns as they are; several are joined into one regular expression.
 
     Raises:
-        UnsupportedArchitectureError: Listing the linear module names that could be targeted.
+        UnsupportedArchitectureError: The architecture defines no such role; names the linear
+            modules that could be passed as ``target_modules``.
+
+    Example:
+        >>> from transformers import LlamaConfig, LlamaForCausalLM  # doctest: +SKIP
+        >>> default_targets(LlamaForCausalLM(LlamaConfig()), "attention")  # doctest: +SKIP
+        ['q_proj', 'v_proj']
 
     """
-    kind = model_type(model)
-    if kind in ATTENTION_TARGETS:
-        return list(ATTENTION_TARGETS[kind])
-    raise _unsupported(model, kind, ATTENTION_TARGETS)
+    found = [models.targets_for(model, role) for role in roles]
+    if any(patterns is None for patterns in found):
+        missing = next(role for role, patterns in zip(roles, found, strict=True) if patterns is None)
+        raise UnsupportedArchitectureError(
+            f"peftkit has no default {missing!r} targets for model_type={model_type(model) or type(model).__name__!r} "
+            f"(known: {', '.join(models.known_model_types(missing))}). Pass target_modules=[...]; linear modules "
+            f"in this model: {', '.join(linear_module_names(model))}."
+        )
+    if len(found) == 1:
+        return found[0]
+    return "(" + "|".join(_as_regex(patterns) for patterns in found) + ")"
 
 
-def sublayer_targets(model: nn.Module, sublayers: Iterable[str]) -> str:
-    """Regex matching the output projections of the given sub-layers (``"attention"``, ``"ffn"``).
+def by_role(*roles: str) -> Callable[[nn.Module, Any], list[str] | str]:
+    """A method's ``default_targets``: the modules of ``roles`` in the wrapped model's architecture.
 
-    Raises:
-        UnsupportedArchitectureError: If the architecture has no known sub-layer layout.
+    Example:
+        >>> default = by_role("attention_output", "ffn_output")  # the bottleneck adapter's Houlsby placement
+        >>> callable(default)
+        True
 
     """
-    kind = model_type(model)
-    if kind not in SUBLAYER_OUTPUTS:
-        raise _unsupported(model, kind, SUBLAYER_OUTPUTS)
-    patterns = [SUBLAYER_OUTPUTS[kind][sublayer] for sublayer in sublayers]
-    return patterns[0] if len(patterns) == 1 else "(" + "|".join(patterns) + ")"
+
+    def default(model: nn.Module, config: Any) -> list[str] | str:
+        return default_targets(model, *roles)
+
+    default.__name__ = default.__qualname__ = f"by_role{roles!r}"
+    default.roles = roles  # type: ignore[attr-defined]  # shown by `peftkit methods`
+    return default
+
+
+def _as_regex(patterns: list[str] | str) -> str:
+    if isinstance(patterns, str):
+        return patterns
+    return r"(.*\.)?(" + "|".join(re.escape(p) for p in patterns) + ")"
 
 
 def is_linear_like(module: nn.Module) -> bool:
@@ -88,6 +86,28 @@ def is_linear_like(module: nn.Module) -> bool:
     if isinstance(module, nn.Linear):  # bnb.nn.Linear8bitLt / Linear4bit subclass nn.Linear
         return True
     return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
+
+
+def linear_width(module: nn.Module) -> tuple[int, int] | None:
+    """``(in_features, out_features)`` of a linear-like module (``None`` for other modules)."""
+    if hasattr(module, "get_base_layer"):
+        module = module.get_base_layer()
+    if isinstance(module, nn.Linear):
+        return int(module.in_features), int(module.out_features)
+    if type(module).__name__ == "Conv1D" and hasattr(module, "nf"):
+        return int(module.weight.shape[0]), int(module.nf)
+    return None
+
+
+def layer_widths(model: nn.Module, patterns: list[str] | str) -> dict[str, tuple[int, int]]:
+    """``name -> (in_features, out_features)`` of the linear-like modules matched by ``patterns``."""
+    found = {}
+    for name, module in model.named_modules():
+        if name and ".base_layer" not in name and matches(name, patterns):
+            width = linear_width(module)
+            if width is not None:
+                found[name] = width
+    return found
 
 
 def linear_module_names(model: nn.Module) -> list[str]:
@@ -141,39 +161,3 @@ def resolve_targets(model: nn.Module, patterns: list[str] | str, exclude: Iterab
             "Pass target_modules=[...] with some of these names."
         )
     return found
-
-
-def head_module_names(model: nn.Module) -> list[str]:
-    """Names of the task-head modules: top-level children outside the backbone that hold parameters.
-
-    The backbone is ``getattr(model, model.base_model_prefix)``. Output embeddings (LM heads,
-    tied or not) are pretrained and never counted as task heads. A bare backbone has no heads.
-
-    Example:
-        >>> from transformers import BertConfig, BertForTokenClassification
-        >>> cfg = BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37)
-        >>> head_module_names(BertForTokenClassification(cfg))
-        ['classifier']
-
-    """
-    prefix = getattr(model, "base_model_prefix", "") or ""
-    backbone = getattr(model, prefix, None) if prefix else None
-    if backbone is None or backbone is model:
-        return []
-    output_embeddings = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    heads = []
-    for name, child in model.named_children():
-        if child is backbone or next(child.parameters(), None) is None:
-            continue
-        if output_embeddings is not None and any(m is output_embeddings for m in child.modules()):
-            continue
-        heads.append(name)
-    return heads
-
-
-def _unsupported(model: nn.Module, kind: str, table: dict[str, object]) -> UnsupportedArchitectureError:
-    known = ", ".join(sorted(table))
-    return UnsupportedArchitectureError(
-        f"peftkit has no default targets for model_type={kind or type(model).__name__!r} (known: {known}). "
-        f"Pass target_modules=[...]; linear modules in this model: {', '.join(linear_module_names(model))}."
-    )

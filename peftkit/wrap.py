@@ -25,7 +25,8 @@ from torch import nn
 from peftkit import targets as target_defaults
 from peftkit.errors import AlreadyWrappedError, InvalidOptionError, NotWrappedError, PeftkitError
 from peftkit.methods.base import MethodConfig
-from peftkit.registry import MethodSpec, get_method
+from peftkit.models import head_module_names
+from peftkit.registry import DEFAULT_METHOD, MethodSpec, get_method
 from peftkit.rollback import ModelSnapshot
 from peftkit.state import (
     AdapterRecord,
@@ -41,17 +42,18 @@ logger = logging.getLogger(__name__)
 
 
 def wrap(
-    model: nn.Module, method: str = "lora", *, adapter_name: str = "default", **options: Any
+    model: nn.Module, method: str = DEFAULT_METHOD, *, adapter_name: str = "default", **options: Any
 ) -> nn.Module:
     """Freeze ``model`` and inject an adapter method at the architecture's default targets.
 
     Args:
         model: A transformers model (BERT-like encoder, GPT-2, Llama-like decoder, ...), fp32 or
             8-bit (see :func:`peftkit.load_base`).
-        method: Registered method name: ``"lora"``, ``"adalora"``, ``"adapter"`` or a plugin.
+        method: Registered method name (``peftkit.methods()``: ``"lora"``, ``"dora"``, ``"adalora"``,
+            ``"ia3"``, ``"adapter"``, ``"parallel"``, ``"prefix"``, or a plugin's).
         adapter_name: Name of the adapter (several can live on one model, see :func:`add_adapter`).
         **options: Method options (e.g. ``r=8`` for LoRA, ``placement="pfeiffer"`` for the adapter,
-            ``target_modules=[...]`` and ``head_modules=[...]`` for every method).
+            ``target_modules=[...]`` and ``head_modules=[...]`` for every method that adapts modules).
 
     Returns:
         The same model object, with only the adapter and the task head trainable.
@@ -122,10 +124,15 @@ def inject(model: nn.Module, spec: MethodSpec, config: MethodConfig, adapter_nam
             f"{state.adapters[adapter_name].method}); pass another adapter_name."
         )
     heads = list(config.head_modules) if config.head_modules is not None else _detect_heads(inner)
-    patterns = (
-        config.target_modules if config.target_modules is not None else _default_targets(inner, spec, config)
-    )
-    resolved = target_defaults.resolve_targets(inner, patterns, exclude=heads)
+    patterns: list[str] | str | None = None
+    resolved: list[str] = []
+    if spec.uses_targets:
+        patterns = (
+            config.target_modules
+            if config.target_modules is not None
+            else _default_targets(inner, spec, config)
+        )
+        resolved = target_defaults.resolve_targets(inner, patterns, exclude=heads)
     for head in heads:
         _check_head(inner, head)
     snapshot = ModelSnapshot(inner)
@@ -139,6 +146,11 @@ def inject(model: nn.Module, spec: MethodSpec, config: MethodConfig, adapter_nam
         snapshot.restore()
         if isinstance(exc, PeftkitError):
             raise
+        if patterns is None:
+            raise InvalidOptionError(
+                f"Method {spec.name!r} cannot be added to this {type(inner).__name__}: {_first_line(exc)}. "
+                "The model was left unchanged."
+            ) from exc
         raise _cannot_adapt(inner, spec.name, patterns, resolved, exc) from exc
     except BaseException:
         snapshot.restore()  # a failed injection leaves the model exactly as it was
@@ -267,11 +279,11 @@ def _check_adapter_name(adapter_name: str) -> None:
 def _default_targets(model: nn.Module, spec: MethodSpec, config: MethodConfig) -> list[str] | str:
     if spec.default_targets is not None:
         return spec.default_targets(model, config)
-    return target_defaults.attention_targets(model)
+    return target_defaults.default_targets(model, "attention")
 
 
 def _detect_heads(model: nn.Module) -> list[str]:
-    return target_defaults.head_module_names(model)
+    return head_module_names(model)
 
 
 def _wrap_heads(model: nn.Module, heads: list[str], adapter_name: str) -> None:
@@ -334,13 +346,17 @@ def _cannot_adapt(
         more = f" and {len(odd) - 3} more" if len(odd) > 3 else ""
         reason = f"they include modules that are not linear layers: {', '.join(odd[:3])}{more}"
     else:
-        reason = (str(exc).splitlines() or [type(exc).__name__])[0].rstrip(".")
-        reason = reason if len(reason) <= 200 else reason[:197] + "..."
+        reason = _first_line(exc)
     return InvalidOptionError(
         f"Method {method!r} cannot adapt the modules selected by target_modules={patterns!r}: {reason}. "
         f"Select linear layers instead; this model has: "
         f"{', '.join(target_defaults.linear_module_names(model)) or 'none'}. The model was left unchanged."
     )
+
+
+def _first_line(exc: BaseException) -> str:
+    reason = (str(exc).splitlines() or [type(exc).__name__])[0].rstrip(".")
+    return reason if len(reason) <= 200 else reason[:197] + "..."
 
 
 def _has_foreign_adapters(model: nn.Module) -> bool:

@@ -73,11 +73,11 @@ class CommonConfig(RecipeConfig):
         The recipe's YAML file sets them for its default method, so that ``--method adapter`` (no
         rank) works without also passing ``--r null``; a warning names what is ignored.
         """
-        fields = {f.name for f in dataclasses.fields(peftkit.get_method(self.method).config_cls)}
+        config_cls = peftkit.get_method(self.method).config_cls
+        fields = {f.name for f in dataclasses.fields(config_cls)}
         keep = {
-            "r": "target_r" in fields or "r" in fields,
-            "alpha": "alpha" in fields,
-            "dropout": "dropout" in fields,
+            name: name in fields or config_cls.aliases.get(name) in fields
+            for name in ("r", "alpha", "dropout")
         }
         dropped = [
             f"{name}={getattr(self, name)}"

@@ -149,15 +149,23 @@ def test_methods_json_lists_builtins_and_plugins(capsys):
     finally:
         unregister_method("cli_probe")
     assert rows["lora"]["mergeable"] is True and rows["adalora"]["mergeable"] is True
-    assert rows["adapter"]["mergeable"] is False and rows["adapter"]["peft_type"] == "BOTTLENECK"
+    assert rows["adapter"]["mergeable"] is False and rows["adapter"]["peft_type"] == "ADAPTER"
     assert rows["cli_probe"] == {
         "name": "cli_probe",
         "source": "probe-plugin",
+        "targets": "attention",
+        "identity": True,
         "mergeable": False,
+        "combine": "average",
+        "peft": False,
         "peft_type": "CLI_PROBE",
         "description": "A probe.",
     }
-    assert "cli_probe" in table and "probe-plugin" in table
+    assert rows["prefix"]["targets"] == "none" and rows["prefix"]["identity"] is False
+    assert rows["dora"]["combine"] == "no" and rows["lora"]["combine"] == "low-rank"
+    assert rows["ia3"]["peft"] is True and rows["parallel"]["peft"] is False
+    assert rows["adapter"]["targets"] == "attention_output+ffn_output"
+    assert "cli_probe" in table and "probe-plugin" in table and "COMBINE" in table
 
 
 def test_inspect_json_and_text(art, capsys):

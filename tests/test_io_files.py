@@ -133,7 +133,7 @@ def test_integer_tensor_is_refused(adapter_copy: Path) -> None:
 def test_config_lying_about_the_method(adapter_copy: Path) -> None:
     def edit(files):
         files.meta["method"] = "adapter"
-        files.peft_config["peft_type"] = "BOTTLENECK"
+        files.peft_config["peft_type"] = "ADAPTER"
 
     _rewrite(adapter_copy, edit)
     with pytest.raises(
@@ -282,8 +282,14 @@ def test_write_adapter_dir_round_trips_arbitrary_tensors(tmp_path: Path) -> None
 
 
 def test_invalid_recorded_options(adapter_copy: Path) -> None:
-    _rewrite(adapter_copy, lambda f: f.meta["options"].__setitem__("r", -1))
+    _rewrite(adapter_copy, lambda f: f.peft_config.__setitem__("r", -1))
     with pytest.raises(AdapterFileError, match=r"options recorded.*not valid for method 'lora'.*r=-1"):
+        load_adapter(make_model("bert"), adapter_copy)
+
+
+def test_invalid_option_recorded_only_in_peftkit_json(adapter_copy: Path) -> None:
+    _rewrite(adapter_copy, lambda f: f.meta["options"].__setitem__("bias", "everything"))
+    with pytest.raises(AdapterFileError, match=r"options recorded.*bias='everything'"):
         load_adapter(make_model("bert"), adapter_copy)
 
 
@@ -291,7 +297,7 @@ def test_adalora_rank_pattern_must_fit_the_weights(tmp_path: Path) -> None:
     import copy
 
     original = read_adapter_dir(save_adapter(trained("llama", "adalora"), tmp_path / "a"))
-    key, mask = next(iter(original.rank_pattern.items()))
+    key, mask = next(iter(original.peft_config["rank_pattern"].items()))
     flipped = [not mask[0], *mask[1:]]
     for bad, message in ((flipped, rf"rank_pattern\['{key}'\] keeps"), ([True], "init_r=6 booleans")):
         config = copy.deepcopy(original.peft_config)

@@ -7,12 +7,19 @@ import warnings
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
 import transformers
 from torch.testing import assert_close
 
 import peftkit
-from peftkit.errors import BaseModelMismatchError, InvalidOptionError, MergeError, QuantizationError
+from peftkit.errors import (
+    AdapterFileError,
+    BaseModelMismatchError,
+    InvalidOptionError,
+    MergeError,
+    QuantizationError,
+)
 from peftkit.io import load_adapter, read_adapter_dir, save_adapter
 from peftkit.merge import combine_adapters, merge_adapter
 from peftkit.merge.adapters import view_adapter
@@ -206,12 +213,23 @@ def test_merge_refuses_another_base_unless_forced(art, tmp_path):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
-def test_merge_refuses_nan_weights_and_leaves_nothing(tmp_path, art):
+def test_nan_weights_are_never_saved_nor_merged_and_leave_nothing(tmp_path, art):
     model = perturb(peftkit.wrap(make_model("bert"), "lora"), 1)
+    save_adapter(model, tmp_path / "nan")
     with torch.no_grad():
         model.bert.encoder.layer[1].attention.self.value.lora_B["default"].weight[0, 0] = float("nan")
-    save_adapter(model, tmp_path / "nan")
-    with pytest.raises(MergeError, match="NaN"):
+    with pytest.raises(AdapterFileError, match=r"lora_B.weight.*NaN.*Nothing was written"):
+        save_adapter(model, tmp_path / "nan")
+    # NaN written behind peftkit's back (another tool, a diverged peft run) is refused on reading
+    weights = tmp_path / "nan" / "adapter_model.safetensors"
+    tensors = safetensors.torch.load_file(weights)
+    key = next(k for k in tensors if k.endswith("value.lora_B.weight"))
+    tensors[key][0, 0] = float("nan")
+    safetensors.torch.save_file(tensors, weights)
+    meta = json.loads((tmp_path / "nan" / "peftkit.json").read_text())
+    meta.pop("files")  # no checksum to trip over first
+    (tmp_path / "nan" / "peftkit.json").write_text(json.dumps(meta))
+    with pytest.raises(AdapterFileError, match=rf"{key}.*NaN"):
         merge_adapter(art.base("bert"), tmp_path / "nan", tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nan"]
 

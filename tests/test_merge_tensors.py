@@ -10,7 +10,6 @@ from peftkit.errors import InvalidOptionError, MergeError
 from peftkit.merge.tensors import (
     COMBINATIONS,
     LowRank,
-    adalora_to_low_rank,
     average_tensors,
     combine_low_rank,
     svd_low_rank,
@@ -96,8 +95,10 @@ def test_dare_is_reproducible_with_a_generator():
 
 
 def test_adalora_fold():
+    from peftkit.methods.adalora.lowrank import fold_singular_values
+
     a, e, b = torch.randn(3, 5), torch.tensor([[1.0], [0.0], [2.0]]), torch.randn(4, 3)
-    u = adalora_to_low_rank(a, e, b, scale=0.5)
+    u = fold_singular_values(a, e, b, scale=0.5)
     assert_close(u.delta(), 0.5 * b @ (a * e))
 
 

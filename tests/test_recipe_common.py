@@ -65,7 +65,7 @@ def test_explicit_config_file_replaces_the_default_one(recipes, tmp_path: Path) 
         (["--threads", "0"], "threads=0 must be >= 1"),
         (
             ["--method", "lorra"],
-            r"known: adalora, adapter, lora.*or 'full': full fine-tuning.*Did you mean 'lora'",
+            r"known: adalora, adapter, dora, ia3, lora, parallel, prefix.*or 'full': full fine-tuning.*Did you mean 'lora'",
         ),
         (["--method", "ful"], r"Did you mean 'full'"),
     ],

@@ -2,28 +2,28 @@
 
 from __future__ import annotations
 
-import importlib
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+import transformers
 
 import peftkit
-from peftkit import registry
+from peftkit import cli, registry
 from peftkit.errors import InvalidOptionError, UnknownMethodError
 from peftkit.methods.base import MethodConfig
+from tests.plugins import install_distribution, scale_plugin_installed
 from tests.tiny_models import make_batch, make_model
-
-PLUGIN_SOURCE = Path(__file__).parent / "plugin_fixture" / "peftkit_scale_plugin.py"
 
 
 def test_builtins_are_registered() -> None:
     names = peftkit.methods()
-    assert {"lora", "adalora", "adapter"} <= set(names)
+    assert {"lora", "dora", "adalora", "ia3", "adapter", "parallel", "prefix"} <= set(names)
     assert names == sorted(names)
     specs = {spec.name: spec for spec in peftkit.method_specs()}
-    assert specs["lora"].mergeable and specs["adalora"].mergeable and not specs["adapter"].mergeable
+    assert all(specs[m].mergeable for m in ("lora", "dora", "adalora", "ia3"))
+    assert not any(specs[m].mergeable for m in ("adapter", "parallel", "prefix"))
 
 
 def test_register_as_decorator_and_directly() -> None:
@@ -54,35 +54,11 @@ def test_unknown_method_names_plugin_package() -> None:
         registry.get_method("foo", plugin_hint="peftkit-foo")
 
 
-def install_distribution(
-    site: Path, monkeypatch: pytest.MonkeyPatch, module: str, source: str, dist: str, entry_point: str
-) -> None:
-    """Simulate `pip install <dist>`: ``module.py`` plus a dist-info declaring one peftkit entry point."""
-    (site / f"{module}.py").write_text(source)
-    dist_info = site / f"{dist.replace('-', '_')}-1.0.dist-info"
-    dist_info.mkdir()
-    (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
-    (dist_info / "entry_points.txt").write_text(f"[peftkit.methods]\n{entry_point}\n")
-    monkeypatch.syspath_prepend(str(site))
-    importlib.invalidate_caches()
-
-
 @pytest.fixture
-def installed_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def installed_plugin(tmp_path: Path):
     """Simulate `pip install peftkit-scale-plugin`: a module plus a dist-info with an entry point."""
-    install_distribution(
-        tmp_path,
-        monkeypatch,
-        "peftkit_scale_plugin",
-        PLUGIN_SOURCE.read_text(),
-        "peftkit-scale-plugin",
-        "scale = peftkit_scale_plugin:register",
-    )
-    registry.load_plugins(reload=True)
-    yield
-    registry.unregister_method("scale")
-    sys.modules.pop("peftkit_scale_plugin", None)
-    registry.load_plugins(reload=True)
+    with scale_plugin_installed(tmp_path):
+        yield
 
 
 def test_plugin_is_discovered_trained_saved_and_loaded(installed_plugin, tmp_path: Path) -> None:
@@ -108,6 +84,21 @@ def test_plugin_is_discovered_trained_saved_and_loaded(installed_plugin, tmp_pat
     reloaded = peftkit.load_adapter(make_model("bert"), tmp_path / "scale-adapter")
     with torch.no_grad():
         torch.testing.assert_close(reloaded(**batch).logits, trained_logits)
+
+    # combine and merge, through the command line, with nothing in peftkit knowing the method
+    base = tmp_path / "base"
+    make_model("bert").save_pretrained(base)
+    other = peftkit.wrap(make_model("bert"), "scale", target_modules=["query", "value"])
+    peftkit.save_adapter(other, tmp_path / "other")
+    assert cli.main(["combine", str(tmp_path / "scale-adapter"), str(tmp_path / "other"), "--weights", "1", "0",
+                     "--out", str(tmp_path / "mix")]) == 0  # fmt: skip
+    mixed = peftkit.load_adapter(make_model("bert"), tmp_path / "mix")
+    assert cli.main(["merge", "--base", str(base), "--adapter", str(tmp_path / "scale-adapter"),
+                     "--out", str(tmp_path / "merged")]) == 0  # fmt: skip
+    merged = transformers.AutoModelForTokenClassification.from_pretrained(tmp_path / "merged")
+    with torch.no_grad():
+        torch.testing.assert_close(mixed(**batch).logits, trained_logits)
+        torch.testing.assert_close(merged.eval()(**batch).logits, trained_logits, rtol=1e-4, atol=1e-5)
 
 
 def test_entry_point_naming_a_decorated_builder_is_not_called_and_credits_the_package(

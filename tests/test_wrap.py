@@ -94,14 +94,14 @@ def test_regex_target_modules_restricts_to_one_layer() -> None:
     [("houlsby", 2), ("pfeiffer", 1)],
 )
 def test_adapter_placement(family: str, placement: str, per_layer: int) -> None:
-    from peftkit.methods.bottleneck import BottleneckLayer
+    from peftkit.methods.adapter.layer import AdapterLayer
 
     model = peftkit.wrap(make_model(family), "adapter", placement=placement, reduction_factor=8)
-    layers = [n for n, m in model.named_modules() if isinstance(m, BottleneckLayer)]
+    layers = [n for n, m in model.named_modules() if isinstance(m, AdapterLayer)]
     assert len(layers) == 2 * per_layer  # two transformer blocks
     if placement == "pfeiffer":
         assert all("attn" not in n and "attention" not in n for n in layers)
-    down = next(m for m in model.modules() if isinstance(m, BottleneckLayer)).adapter_down["default"]
+    down = next(m for m in model.modules() if isinstance(m, AdapterLayer)).adapter_down["default"]
     assert down.out_features == 32 // 8
 
 

@@ -3,6 +3,8 @@
 * ``bert``: ``BertForTokenClassification`` (5 labels) - encoder with a token-classification head.
 * ``gpt2``: ``GPT2ForSequenceClassification`` (3 labels) - Conv1D projections, ``score`` head.
 * ``llama``: ``LlamaForCausalLM`` - q/k/v/o projections, untied LM head (frozen by peftkit).
+* ``t5`` (not in ``FAMILIES``, which the method matrix runs on): ``T5ForConditionalGeneration`` - an
+  encoder-decoder (seq2seq task); its ``transformer`` base prefix names no attribute.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedModel,
+    T5Config,
+    T5ForConditionalGeneration,
 )
 
 FAMILIES = ("bert", "gpt2", "llama")
@@ -63,6 +67,19 @@ def make_config(family: str):
             bos_token_id=1,
             eos_token_id=2,
         )
+    if family == "t5":
+        return T5Config(
+            vocab_size=VOCAB,
+            d_model=32,
+            d_kv=16,
+            d_ff=64,
+            num_layers=2,
+            num_heads=2,
+            relative_attention_num_buckets=8,
+            decoder_start_token_id=0,
+            pad_token_id=0,
+            eos_token_id=1,
+        )
     raise ValueError(f"unknown family {family!r}")
 
 
@@ -70,6 +87,7 @@ MODEL_CLASSES = {
     "bert": BertForTokenClassification,
     "gpt2": GPT2ForSequenceClassification,
     "llama": LlamaForCausalLM,
+    "t5": T5ForConditionalGeneration,
 }
 
 
@@ -93,6 +111,6 @@ def make_batch(family: str, batch: int = 4, seq: int = 9, seed: int = 1) -> dict
         labels = torch.randint(0, NUM_TOKEN_LABELS, (batch, seq), generator=generator)
     elif family == "gpt2":
         labels = torch.randint(0, NUM_SEQ_LABELS, (batch,), generator=generator)
-    else:
+    else:  # causal LM (shifted inside the model) or seq2seq (decoder inputs made from the labels)
         labels = input_ids.clone()
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

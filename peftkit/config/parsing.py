@@ -17,6 +17,7 @@ from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
+from peftkit._argparse import NumberFriendlyParser
 from peftkit.errors import ConfigError, did_you_mean
 
 T = TypeVar("T")
@@ -274,7 +275,7 @@ def _attribute_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-class _Parser(argparse.ArgumentParser):
+class _Parser(NumberFriendlyParser):
     """``ArgumentParser`` raising :class:`ConfigError` instead of exiting on bad arguments."""
 
     def error(self, message: str) -> typing.NoReturn:

@@ -7,6 +7,7 @@ import math
 from typing import Any, ClassVar, Literal
 
 from peftkit.errors import ConfigError, did_you_mean
+from peftkit.registry import DEFAULT_METHOD
 
 
 @dataclasses.dataclass
@@ -99,8 +100,9 @@ class RecipeConfig(TrainConfig):
 
     Attributes:
         model_path: Local directory of the base model (``None``: the recipe's default).
-        method: Adapter method registered in peftkit (``lora``, ``adalora``, ``adapter``, plugins).
-        r: Rank: ``r`` for LoRA, ``target_r`` for AdaLoRA; invalid for methods without a rank.
+        method: Adapter method registered in peftkit (see ``peftkit methods``; plugins included).
+        r: Rank: the method's ``r`` option, or the option its aliases map ``r`` to (AdaLoRA:
+            ``target_r``); invalid for methods without a rank.
         alpha: Scaling numerator, for methods that have one (``None``: the method's default).
         dropout: Adapter dropout (``None``: the method's default).
         target_modules: Module-name suffixes to adapt (``None``: the architecture's defaults).
@@ -113,7 +115,7 @@ class RecipeConfig(TrainConfig):
     """
 
     model_path: str | None = None
-    method: str = "lora"
+    method: str = DEFAULT_METHOD
     r: int | None = None
     alpha: float | None = None
     dropout: float | None = None
@@ -149,7 +151,8 @@ class RecipeConfig(TrainConfig):
     def wrap_options(self) -> dict[str, Any]:
         """Keyword options for :func:`peftkit.wrap` built from ``r``/``alpha``/``dropout``/``method_options``.
 
-        ``r`` maps to the method's ``r`` field, or to ``target_r`` for AdaLoRA-like methods.
+        A name the method's options lack maps through the method's aliases (AdaLoRA declares
+        ``r`` -> ``target_r``).
 
         Raises:
             ConfigError: A generic option does not exist for the chosen method.
@@ -157,12 +160,13 @@ class RecipeConfig(TrainConfig):
         """
         import peftkit
 
-        fields = {f.name for f in dataclasses.fields(peftkit.get_method(self.method).config_cls)}
+        config_cls = peftkit.get_method(self.method).config_cls
+        fields = {f.name for f in dataclasses.fields(config_cls)}
         options: dict[str, Any] = {}
         for name, value in (("r", self.r), ("alpha", self.alpha), ("dropout", self.dropout)):
             if value is None:
                 continue
-            key = name if name in fields else ("target_r" if name == "r" and "target_r" in fields else None)
+            key = name if name in fields else config_cls.aliases.get(name)
             if key is None:
                 raise ConfigError(
                     f"{name}={value} has no meaning for method {self.method!r} (its options: "

@@ -9,8 +9,7 @@ Public API::
 
 Modules: :mod:`~peftkit.io.files` (atomic writes, safe reads), :mod:`~peftkit.io.layout` (the
 directory format), :mod:`~peftkit.io.json_schema` (field types of the JSON files),
-:mod:`~peftkit.io.fingerprint`, :mod:`~peftkit.io.peft_format` (peft's config layout, AdaLoRA
-ranks), :mod:`~peftkit.io.adapter_io` (save / load onto a model).
+:mod:`~peftkit.io.fingerprint`, :mod:`~peftkit.io.peft_format` (peft's config, through each method's interop), :mod:`~peftkit.io.adapter_io` (save / load onto a model).
 """
 
 from __future__ import annotations

@@ -35,12 +35,7 @@ from peftkit.io.files import MERGED_ADAPTERS_ATTR
 from peftkit.io.fingerprint import base_fingerprint, describe_fingerprint, fingerprints_match, mismatch_reason
 from peftkit.io.layout import FORMAT_VERSION, AdapterFiles, read_adapter_dir, write_adapter_dir
 from peftkit.io.paths import WEIGHTS_FILE
-from peftkit.io.peft_format import (
-    build_peft_config,
-    resize_by_rank_pattern,
-    saved_rank_pattern,
-    truncate_by_rank_pattern,
-)
+from peftkit.io.peft_format import build_peft_config
 from peftkit.registry import MethodSpec, get_method
 from peftkit.rollback import ModelSnapshot
 from peftkit.state import (
@@ -63,9 +58,10 @@ def save_adapter(model: nn.Module, path: str | os.PathLike[str], adapter_name: s
     The directory is peft's layout (``adapter_config.json`` + ``adapter_model.safetensors``) plus
     ``peftkit.json`` with the method, its options, the adapted modules, the heads (with
     ``num_labels`` / ``id2label``), the plugin package of non-built-in methods and a
-    fingerprint of the base model (see :func:`peftkit.base_fingerprint`). LoRA and AdaLoRA
-    directories also load with ``peft.PeftModel.from_pretrained(base, path)``. AdaLoRA weights
-    are truncated to the ranks its budget kept, as peft does. The write is atomic: an existing
+    fingerprint of the base model (see :func:`peftkit.base_fingerprint`). The
+    directories of the methods peft has (LoRA, DoRA, AdaLoRA, IA³, prefix tuning) also load with
+    ``peft.PeftModel.from_pretrained(base, path)``; a method may adjust the tensors first (AdaLoRA
+    keeps only the ranks its budget kept, as peft does). The write is atomic: an existing
     adapter at ``path`` is replaced only once the new one is complete (in distributed training,
     call it on the main process only).
 
@@ -96,12 +92,13 @@ def save_adapter(model: nn.Module, path: str | os.PathLike[str], adapter_name: s
     record = state.adapters[name]
     spec = get_method(record.method)
     tensors = adapter_state_dict(inner, name)
-    if spec.name == "adalora" and record.handle is not None:
-        tensors = truncate_by_rank_pattern(
-            tensors, saved_rank_pattern(record.handle.peft_config.rank_pattern, name)
-        )
+    if spec.files.before_save is not None:
+        tensors = spec.files.before_save(record, tensors)
     meta = _metadata(inner, record, spec)
-    return write_adapter_dir(path, build_peft_config(inner, record, spec), meta, tensors)
+    key_to_file = spec.layout.file_key if spec.layout is not None else None
+    return write_adapter_dir(
+        path, build_peft_config(inner, record, spec), meta, tensors, key_to_file=key_to_file
+    )
 
 
 def load_adapter(
@@ -166,7 +163,7 @@ def load_adapter(
     inner = unwrap_model(model)
     _check_not_foreign(inner)
     _check_base(inner, files, strict)
-    options = {**files.options, "target_modules": files.targets, "head_modules": files.heads}
+    options = {**files.options, "target_modules": files.targets or None, "head_modules": files.heads}
     try:
         config = spec.config_cls.from_options(options)
     except InvalidOptionError as exc:
@@ -181,8 +178,8 @@ def load_adapter(
 
         inject(inner, spec, config, adapter_name)
         record = require_state(inner).adapters[adapter_name]
-        if files.rank_pattern and record.handle is not None:
-            resize_by_rank_pattern(record.handle, files.rank_pattern, adapter_name)
+        if spec.files.after_inject is not None:
+            spec.files.after_inject(record, files, is_trainable)
         _copy_weights(inner, files, adapter_name, strict)
         record.trainable = is_trainable
         set_active(inner, adapter_name)  # sets requires_grad of its weights from record.trainable
@@ -193,12 +190,6 @@ def load_adapter(
     for module in inner.modules():  # new layers (dropout!) follow the model's train/eval mode
         if id(module) not in known:
             module.training = inner.training
-    if is_trainable and files.rank_pattern:
-        logger.warning(
-            "AdaLoRA adapter %r was saved after rank pruning; continuing to train it keeps the pruned ranks "
-            "(the budget schedule is not resumed).",
-            adapter_name,
-        )
     _apply_labels(inner, files)
     record.metadata.update(loaded_from=str(files.path))
     logger.info("Loaded %s adapter %r from %s", files.method, adapter_name, files.path)

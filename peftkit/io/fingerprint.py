@@ -36,8 +36,9 @@ import torch
 from torch import nn
 
 from peftkit._peft import is_training_wrapper, is_tuner_layer
+from peftkit.models import head_module_names, model_type
 from peftkit.state import unwrap_model
-from peftkit.targets import head_module_names, is_linear_like, model_type
+from peftkit.targets import is_linear_like
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +156,9 @@ def _base_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter, nn.M
     while stack:
         prefix, module = stack.pop()
         if is_tuner_layer(module) and isinstance(module, nn.Module):
-            stack.append((prefix, module.get_base_layer()))
+            base = module.get_base_layer()
+            if base is not module:  # an adapter module wrapping nothing (prefix tuning's) is not base
+                stack.append((prefix, base))
             continue
         if is_training_wrapper(module):
             stack.append((prefix, module.original_module))

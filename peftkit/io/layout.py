@@ -3,7 +3,7 @@
 ::
 
     my-adapter/
-      adapter_config.json        peft's config, exactly as peft writes it (peft can load LoRA/AdaLoRA dirs)
+      adapter_config.json        peft's config, exactly as peft writes it (peft loads the methods it has)
       adapter_model.safetensors  the method's weights + trainable head weights, keyed as in peft
                                  (base_model.model.<module>.lora_A.weight, base_model.model.classifier.weight)
       peftkit.json               peftkit's own metadata: format version, method, options, targets,
@@ -16,9 +16,10 @@ peftkit's metadata lives in its own file so that peft, which rejects unknown key
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,22 +37,20 @@ from peftkit.io.files import (
 )
 from peftkit.io.json_schema import check_json_types
 from peftkit.io.paths import CONFIG_FILE, META_FILE, WEIGHTS_FILE, check_adapter_dir
-from peftkit.io.peft_format import PEFT_TYPE_TO_METHOD, options_from_peft_config
-from peftkit.registry import get_method
-from peftkit.state import PEFT_KEY_PREFIX
+from peftkit.io.peft_format import options_from_peft_config
+from peftkit.registry import (
+    PEFT_KEY_PREFIX,
+    MethodSpec,
+    TensorLayout,
+    get_method,
+    method_for_peft_config,
+    method_specs,
+)
 
 logger = logging.getLogger(__name__)
 
 #: Version of the peftkit.json layout written by this peftkit; newer versions are refused.
 FORMAT_VERSION = 1
-
-#: Tensor-name patterns of the built-in methods (group 1 ends at the adapted module's name).
-METHOD_KEY_PATTERNS: dict[str, re.Pattern[str]] = {
-    "lora": re.compile(r"^(.*)\.(lora_A\.weight|lora_B\.weight|lora_embedding_A|lora_embedding_B)$"),
-    "adalora": re.compile(r"^(.*)\.(lora_A|lora_B|lora_E)$"),
-    "adapter": re.compile(r"^(.*)\.(adapter_down|adapter_up|adapter_norm)\.(weight|bias)$"),
-}
-_BUILTIN_PEFT_TYPES = {method: peft_type for peft_type, method in PEFT_TYPE_TO_METHOD.items()}
 
 
 @dataclass
@@ -62,8 +61,8 @@ class AdapterFiles:
         path: The directory.
         peft_config: ``adapter_config.json`` (peft's config).
         meta: ``peftkit.json`` (empty for a directory written by peft itself).
-        tensors: Tensor name (peft key) -> CPU tensor, checked for truncation, corruption,
-            checksum, dtype and for fitting the recorded method.
+        tensors: Tensor name (key in the file) -> CPU tensor, checked for truncation, corruption,
+            checksum, dtype, finite values and for fitting the recorded method.
 
     """
 
@@ -74,17 +73,32 @@ class AdapterFiles:
 
     @property
     def method(self) -> str:
-        """The method name (from ``peftkit.json``, else from peft's ``peft_type``)."""
+        """The method name (from ``peftkit.json``, else the method claiming peft's config)."""
         method = self.meta.get("method")
         if isinstance(method, str) and method:
             return method
-        peft_type = str(self.peft_config.get("peft_type", ""))
-        if peft_type in PEFT_TYPE_TO_METHOD:
-            return PEFT_TYPE_TO_METHOD[peft_type]
+        spec = method_for_peft_config(self.peft_config)
+        if spec is not None:
+            return spec.name
+        supported = sorted({t for s in method_specs() if s.interop is not None for t in (s.peft_type,)})
         raise AdapterFileError(
-            f"{str(self.path)!r} has no {META_FILE} and its {CONFIG_FILE} has peft_type={peft_type!r}, which peftkit "
-            f"cannot load (supported: {', '.join(sorted(PEFT_TYPE_TO_METHOD))})."
+            f"{str(self.path)!r} has no {META_FILE} and its {CONFIG_FILE} has "
+            f"peft_type={self.peft_config.get('peft_type')!r}, which peftkit cannot load (peft types it reads: "
+            f"{', '.join(supported)})."
         )
+
+    @functools.cached_property
+    def spec(self) -> MethodSpec | None:
+        """The installed method's spec (``None`` if it comes from a plugin that is not installed)."""
+        try:
+            return get_method(self.method)
+        except UnknownMethodError:
+            return None
+
+    @property
+    def layout(self) -> TensorLayout | None:
+        """Where the method's tensors are (``None`` for plugins that declare no layout)."""
+        return self.spec.layout if self.spec is not None else None
 
     @property
     def fingerprint(self) -> dict[str, Any] | None:
@@ -103,11 +117,11 @@ class AdapterFiles:
         info = self.meta.get("heads")
         if isinstance(info, dict) and isinstance(info.get("modules"), list):
             return list(info["modules"])
-        pattern = METHOD_KEY_PATTERNS.get(self.method)
+        layout = self.layout
         modules = {
             key[len(PEFT_KEY_PREFIX) :].rsplit(".", 1)[0]
             for key in self.tensors
-            if pattern is not None and not pattern.match(key)
+            if layout is not None and not layout.owns(key) and key.startswith(PEFT_KEY_PREFIX)
         }
         return sorted(modules)
 
@@ -116,25 +130,44 @@ class AdapterFiles:
         """Full names of the adapted modules."""
         if isinstance(self.meta.get("targets"), list):
             return list(self.meta["targets"])
-        pattern = METHOD_KEY_PATTERNS.get(self.method)
-        found = {
-            m.group(1)[len(PEFT_KEY_PREFIX) :]
-            for key in self.tensors
-            if pattern and (m := pattern.match(key))
-        }
-        return sorted(found)
+        if self.spec is not None and not self.spec.uses_targets:
+            return []
+        layout = self.layout
+        found = {layout.module_of(key) for key in self.tensors} if layout is not None else set()
+        return sorted(m for m in found if m is not None)
 
     @property
     def options(self) -> dict[str, Any]:
-        """Method options (``target_modules`` / ``head_modules`` included)."""
-        if isinstance(self.meta.get("options"), dict):
-            return dict(self.meta["options"])
-        return options_from_peft_config(self.peft_config, self.method, self.heads)
+        """Method options (without ``target_modules`` / ``head_modules``).
 
-    @property
-    def rank_pattern(self) -> dict[str, list[bool]] | None:
-        """AdaLoRA's saved rank pattern (``<module>.lora_E`` -> kept-rank mask), if any."""
-        return self.peft_config.get("rank_pattern") or None
+        ``peftkit.json``'s options, overridden by what ``adapter_config.json`` records where the two
+        differ (someone edited it; peft would read the edited values, and so does peftkit).
+        """
+        recorded = dict(self.meta["options"]) if isinstance(self.meta.get("options"), dict) else {}
+        if self.spec is None:
+            return recorded
+        return {**recorded, **options_from_peft_config(self.spec, self.peft_config)}
+
+    def edited_options(self) -> dict[str, tuple[Any, Any]]:
+        """Options whose ``adapter_config.json`` value differs from ``peftkit.json``'s: name -> (recorded, used)."""
+        recorded = self.meta.get("options")
+        if not isinstance(recorded, dict) or self.spec is None:
+            return {}
+        read = options_from_peft_config(self.spec, self.peft_config)
+        # None recorded means "the default chosen at wrap time", which adapter_config.json spells out
+        return {
+            k: (recorded[k], v) for k, v in read.items() if recorded.get(k) is not None and recorded[k] != v
+        }
+
+    def method_tensors(self) -> dict[str, torch.Tensor]:
+        """The tensors that are not task-head weights."""
+        heads = tuple(PEFT_KEY_PREFIX + head + "." for head in self.heads)
+        return {k: v for k, v in self.tensors.items() if not k.startswith(heads)}
+
+    def head_tensors(self) -> dict[str, torch.Tensor]:
+        """The task-head weights."""
+        heads = tuple(PEFT_KEY_PREFIX + head + "." for head in self.heads)
+        return {k: v for k, v in self.tensors.items() if k.startswith(heads)}
 
     def num_parameters(self) -> int:
         """Number of stored values."""
@@ -146,6 +179,7 @@ def write_adapter_dir(
     peft_config: dict[str, Any],
     meta: dict[str, Any],
     tensors: dict[str, torch.Tensor],
+    key_to_file: Callable[[str], str] | None = None,
 ) -> Path:
     """Write an adapter directory atomically.
 
@@ -158,17 +192,29 @@ def write_adapter_dir(
         path: Target directory (created, or replaced if it holds an adapter).
         peft_config: Content of ``adapter_config.json``.
         meta: Content of ``peftkit.json`` (not modified; a copy is extended).
-        tensors: Tensor name (peft key) -> tensor.
+        tensors: Tensor name (live peft key) -> tensor.
+        key_to_file: Renames keys for the file (the method's :class:`~peftkit.registry.TensorLayout`).
 
     Returns:
         The directory.
 
     Raises:
-        AdapterFileError: On empty or non-tensor inputs, or if ``path`` is a file.
+        AdapterFileError: On empty, non-tensor or non-finite inputs, or if ``path`` is a file.
 
     """
     if not tensors or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in tensors.items()):
         raise AdapterFileError("write_adapter_dir needs a non-empty dict of tensor name -> torch.Tensor.")
+    broken = next(
+        (key for key, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())),
+        None,
+    )
+    if broken is not None:
+        raise AdapterFileError(
+            f"Refusing to write an adapter to {str(path)!r}: tensor {broken!r} holds NaN or infinite values, so "
+            "every output would be NaN (a diverged run, or inputs that were not finite). Nothing was written."
+        )
+    if key_to_file is not None:
+        tensors = {key_to_file(key): tensor for key, tensor in tensors.items()}
     weights = tensors_to_bytes(tensors, metadata={"format": "pt"})
     meta = {"format_version": FORMAT_VERSION, **meta}
     meta["files"] = {WEIGHTS_FILE: {"sha256": sha256_hex(weights), "bytes": len(weights)}}
@@ -179,7 +225,7 @@ def write_adapter_dir(
 
 
 def read_adapter_dir(path: str | os.PathLike[str]) -> AdapterFiles:
-    """Read and validate an adapter directory written by peftkit (or by peft: LoRA / AdaLoRA).
+    """Read and validate an adapter directory written by peftkit (or by peft, for the methods peft has).
 
     Checks: the files exist and parse; the format version is one this peftkit understands; the
     weights file is intact (header, sizes, SHA-256 recorded at save time); every tensor is a
@@ -210,10 +256,21 @@ def read_adapter_dir(path: str | os.PathLike[str]) -> AdapterFiles:
     checksum = (meta.get("files") or {}).get(WEIGHTS_FILE, {}).get("sha256")
     tensors = read_safetensors(weights_path, expected_sha256=checksum)
     files = AdapterFiles(path=directory, peft_config=peft_config, meta=meta, tensors=tensors)
+    layout = files.layout if _method_known(files) else None
+    if layout is not None and layout.from_file is not None:  # inside peftkit, keys are the live ones
+        files.tensors = {layout.live_key(key): tensor for key, tensor in tensors.items()}
     _check_derived(files)
     _check_tensors(files)
     _check_options(files)
     return files
+
+
+def _method_known(files: AdapterFiles) -> bool:
+    try:
+        files.method  # noqa: B018
+    except AdapterFileError:
+        return False  # reported by _check_derived, naming the directory
+    return True
 
 
 def _check_format_version(directory: Path, meta: dict[str, Any]) -> None:
@@ -246,14 +303,13 @@ def _check_derived(files: AdapterFiles) -> None:
 
 
 def _check_options(files: AdapterFiles) -> None:
-    """The recorded options must build the method's config (what load, merge and inspect rely on)."""
-    try:
-        spec = get_method(files.method)
-    except UnknownMethodError:
+    """The options must build the method's config (what load, merge and inspect rely on)."""
+    spec = files.spec
+    if spec is None:
         return  # plugin not installed: load_adapter names the package, inspect still describes the files
     try:
         spec.config_cls.from_options(
-            {**files.options, "target_modules": files.targets, "head_modules": files.heads}
+            {**files.options, "target_modules": files.targets or None, "head_modules": files.heads}
         )
     except InvalidOptionError as exc:
         raise AdapterFileError(
@@ -261,12 +317,24 @@ def _check_options(files: AdapterFiles) -> None:
             f"({exc}). The adapter was saved by peftkit {files.meta.get('peftkit_version', '?')} (or by peft); "
             "load it with that version, or re-save it."
         ) from None
+    for name, (recorded, used) in files.edited_options().items():
+        logger.warning(
+            "%s: %s sets %s=%r where %s recorded %r (the file was edited after saving); using %r, as peft does.",
+            files.path,
+            CONFIG_FILE,
+            name,
+            used,
+            META_FILE,
+            recorded,
+            used,
+        )
 
 
 def _check_tensors(files: AdapterFiles) -> None:
     weights = repr(str(files.path / WEIGHTS_FILE))
     if not files.tensors:
         raise AdapterFileError(f"{weights} holds no tensors; re-save the adapter.")
+    layout = files.layout
     for key, tensor in files.tensors.items():
         if not key.startswith(PEFT_KEY_PREFIX):
             raise AdapterFileError(
@@ -278,51 +346,42 @@ def _check_tensors(files: AdapterFiles) -> None:
                 f"{weights}: tensor {key!r} has dtype {tensor.dtype}; adapter weights must be floating point "
                 "(float32/float16/bfloat16). The file is corrupted or not an adapter."
             )
-    method = files.method
+        if not bool(torch.isfinite(tensor).all()):
+            raise AdapterFileError(
+                f"{weights}: tensor {key!r} holds NaN or infinite values, so every output would be NaN. The adapter "
+                "was saved from a diverged run: use an earlier checkpoint or retrain with a lower learning rate."
+            )
+    spec = files.spec
+    if spec is None:
+        return
     declared = files.peft_config.get("peft_type")
-    if files.meta and method in _BUILTIN_PEFT_TYPES and declared != _BUILTIN_PEFT_TYPES[method]:
+    if files.meta and declared not in (spec.peft_type, *spec.legacy_peft_types):
         raise AdapterFileError(
-            f"{str(files.path)!r} is inconsistent: {META_FILE} says method {method!r} but {CONFIG_FILE} says "
-            f"peft_type={declared!r} (expected {_BUILTIN_PEFT_TYPES[method]!r}). Re-save the adapter."
+            f"{str(files.path)!r} is inconsistent: {META_FILE} says method {spec.name!r} but {CONFIG_FILE} says "
+            f"peft_type={declared!r} (expected {spec.peft_type!r}). Re-save the adapter."
         )
-    if method == "adalora" and files.rank_pattern:
-        _check_rank_pattern(files)
-    pattern = METHOD_KEY_PATTERNS.get(method)
-    if pattern is None:
-        return  # plugin method: its tensor names are checked against the model after injection
+    if spec.files.check is not None:
+        spec.files.check(files)
+    if layout is None:
+        return  # a plugin without a declared layout: its tensor names are checked against the model
     heads = tuple(PEFT_KEY_PREFIX + head + "." for head in files.heads)
-    method_keys = [key for key in files.tensors if pattern.match(key)]
-    strays = [key for key in files.tensors if not pattern.match(key) and not key.startswith(heads)]
-    if strays or not method_keys:
+    owned = [key for key in files.tensors if layout.owns(key)]
+    strays = [key for key in files.tensors if not layout.owns(key) and not key.startswith(heads)]
+    if strays or not owned:
         example = strays[0] if strays else next(iter(files.tensors))
-        guess = next((m for m, p in METHOD_KEY_PATTERNS.items() if p.match(example)), None)
-        hint = f" it looks like a {guess!r} adapter." if guess else " it fits no built-in method."
+        guess = _closest_method(files, example)
+        hint = f" it looks like a {guess!r} adapter." if guess else " it fits no installed method."
         raise AdapterFileError(
-            f"{weights} does not fit the method {method!r} recorded in the config: tensor {example!r} is not a "
-            f"{method!r} weight nor a head weight;{hint} The config and the weights belong to different adapters: "
+            f"{weights} does not fit the method {spec.name!r} recorded in the config: tensor {example!r} is not a "
+            f"{spec.name!r} weight nor a head weight;{hint} The config and the weights belong to different adapters: "
             "re-save the adapter."
         )
 
 
-def _check_rank_pattern(files: AdapterFiles) -> None:
-    """AdaLoRA: every mask has ``init_r`` booleans and keeps as many ranks as ``lora_E`` has rows."""
-    where = repr(str(files.path / CONFIG_FILE))
-    init_r = files.options.get("init_r")
-    for key, mask in files.rank_pattern.items():
-        module = key.rsplit(".", 1)[0]
-        e_key = f"{PEFT_KEY_PREFIX}{module}.lora_E"
-        valid = isinstance(mask, list) and all(isinstance(v, bool) for v in mask)
-        if not valid or (isinstance(init_r, int) and len(mask) != init_r):
-            raise AdapterFileError(
-                f"{where}: rank_pattern[{key!r}] must be a list of init_r={init_r} booleans, got {mask!r}; "
-                "the file is corrupted. Re-save the adapter."
-            )
-        if e_key not in files.tensors:
-            raise AdapterFileError(
-                f"{where}: rank_pattern names {key!r}, but the weights have no tensor {e_key!r}."
-            )
-        if files.tensors[e_key].shape[0] != sum(mask):
-            raise AdapterFileError(
-                f"{where}: rank_pattern[{key!r}] keeps {sum(mask)} ranks but tensor {e_key!r} has "
-                f"{files.tensors[e_key].shape[0]}; the config and the weights do not belong together."
-            )
+def _closest_method(files: AdapterFiles, example: str) -> str | None:
+    """The installed method whose layout owns ``example`` and most of the file's keys (fewest names on a tie)."""
+    candidates = [s for s in method_specs() if s.layout is not None and s.layout.owns(example)]
+    if not candidates:
+        return None
+    owned = {s.name: sum(s.layout.owns(key) for key in files.tensors) for s in candidates}
+    return min(candidates, key=lambda s: (-owned[s.name], len(s.layout.names))).name

@@ -3,14 +3,16 @@
 ::
 
     dirs ─read─► checks (method, base fingerprint, targets, heads + labels, ranks)
-         ─► LoRA/AdaLoRA: per module, combine_low_rank(updates, weights, how)   (peft's rules)
-            heads, bottleneck weights: weighted average  sum w_i t_i / sum w_i
+         ─► low-rank methods (the method's LowRankView): per module, combine_low_rank(updates,
+            weights, how) (peft's rules); other methods' weights and the heads: weighted average
+            sum w_i t_i / sum w_i
          ─► write_adapter_dir(out)   (atomic; loads with peftkit.load_adapter)
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,13 +24,10 @@ from tqdm.auto import tqdm
 from peftkit.errors import BaseModelMismatchError, InvalidOptionError, MergeError
 from peftkit.io import fingerprints_match, read_adapter_dir, write_adapter_dir
 from peftkit.io.fingerprint import describe_fingerprint, mismatch_reason
-from peftkit.merge.adapters import LOW_RANK_METHODS, AdapterView, output_scale, pack_low_rank, view_adapter
+from peftkit.merge.adapters import AdapterView, view_adapter
 from peftkit.merge.tensors import average_tensors, check_combination, combine_low_rank, output_rank
 
 logger = logging.getLogger(__name__)
-
-#: Options of the bottleneck adapter that must agree for parameter averaging to make sense.
-_BOTTLENECK_SHAPE_OPTIONS = ("placement", "reduction_factor", "non_linearity", "scaling", "layer_norm")
 
 
 def combine_adapters(
@@ -45,19 +44,19 @@ def combine_adapters(
 ) -> Path:
     """Combine adapters of the same method, trained on the same base, into one adapter directory.
 
-    LoRA / AdaLoRA updates are combined per module with ``how`` (see :mod:`peftkit.merge.tensors`:
-    ``linear``, ``cat``, ``svd``, ``ties``, ``dare_linear``, ``dare_ties``, ``magnitude_prune`` and
-    the ``*_svd`` variants). Task heads and bottleneck adapters (``how="linear"`` only) are averaged
-    with normalised weights ``w_i / sum(w)``. The result is a normal adapter directory:
+    Updates of low-rank methods (LoRA, AdaLoRA) are combined per module with ``how`` (see
+    :mod:`peftkit.merge.tensors`: ``linear``, ``cat``, ``svd``, ``ties``, ``dare_linear``,
+    ``dare_ties``, ``magnitude_prune`` and the ``*_svd`` variants). Task heads and the weights of
+    other methods (bottleneck and parallel adapters, IA³, prefixes; ``how="linear"`` only) are
+    averaged with normalised weights ``w_i / sum(w)``; a method may refuse combining (DoRA). The result is a normal adapter directory:
     ``peftkit.load_adapter(base, out_dir)`` loads it onto the common base.
 
     Args:
         dirs: Two or more adapter directories.
         weights: One weight per adapter (default ``1/N`` each). For LoRA they multiply each update
             (task arithmetic), so ``(1, 1)`` adds two updates and ``(1, 0)`` returns the first.
-        how: Combination rule. Default: ``cat`` for LoRA / AdaLoRA (exactly ``sum w_i delta_W_i``,
-            so equal weights average the updates), ``linear`` (parameter averaging) for bottleneck
-            adapters. Note that LoRA's ``linear`` is peft's rule, which mixes the ``A`` and ``B``
+        how: Combination rule. Default: ``cat`` for low-rank methods (exactly ``sum w_i delta_W_i``,
+            so equal weights average the updates), ``linear`` (parameter averaging) for the others. Note that LoRA's ``linear`` is peft's rule, which mixes the ``A`` and ``B``
             factors separately and is not the weighted sum of the updates.
         out_dir: Output directory, which must not exist yet (written atomically).
         rank: Output rank of the SVD rules (default: the largest input rank).
@@ -70,8 +69,8 @@ def combine_adapters(
         The output directory.
 
     Raises:
-        InvalidOptionError: Bad ``how`` / ``weights`` / ``density`` / ``rank``, fewer than two adapters,
-            or ``out_dir`` exists.
+        InvalidOptionError: Bad ``how`` / ``weights`` (NaN or infinite included) / ``density`` / ``rank``,
+            fewer than two adapters, or ``out_dir`` exists.
         BaseModelMismatchError: The adapters were trained on different bases.
         MergeError: Different methods, targets, head labels, ranks (for the rules needing equal ranks).
 
@@ -90,6 +89,11 @@ def combine_adapters(
         raise InvalidOptionError(
             f"Got {len(weights)} weights for {len(dirs)} adapters: give one weight per adapter."
         )
+    if not all(math.isfinite(w) for w in weights):
+        raise InvalidOptionError(
+            f"weights={weights} must be finite numbers (NaN or infinity would fill the combined adapter with NaN), "
+            "e.g. --weights 0.5 0.5."
+        )
     out = Path(out_dir)
     if out.exists():
         inputs = {Path(d).resolve() for d in dirs}
@@ -99,7 +103,7 @@ def combine_adapters(
         )
     views = [view_adapter(read_adapter_dir(d)) for d in dirs]
     if how is None:
-        how = "cat" if views[0].method in LOW_RANK_METHODS else "linear"
+        how = "cat" if views[0].low_rank is not None else "linear"
     check_combination(how, density, rank)
     check_compatible(views, how, rank)
     first = views[0]
@@ -108,9 +112,9 @@ def combine_adapters(
     tensors: dict[str, torch.Tensor] = {}
     options = dict(first.files.options)
     peft_config = dict(first.files.peft_config)
-    if first.method in LOW_RANK_METHODS:
+    if first.low_rank is not None:
         new_rank = output_rank(how, [v.nominal_rank for v in views], rank)
-        scale = output_scale(first.method, new_rank)
+        scale = first.low_rank.output_scale(new_rank)
         combined = {}
         for module in tqdm(
             sorted(first.updates), desc="Combining", unit="module", disable=None if progress else True
@@ -125,14 +129,17 @@ def combine_adapters(
                 majority_sign_method=majority_sign_method,
                 generator=generator,
             )
-        tensors, peft_config, options = pack_low_rank(first, combined, new_rank, dtype)
+        tensors, peft_config, options = first.low_rank.write(first.files, combined, new_rank, dtype)
     else:
         for key in first.rest:
             tensors[key] = average_tensors([v.rest[key] for v in views], weights)
     for key in first.heads:
         tensors[key] = average_tensors([v.heads[key] for v in views], weights)
     meta = _combined_meta(first, options, views, weights, how, rank, density, seed)
-    path = write_adapter_dir(out_dir, peft_config, meta, tensors)
+    layout = first.files.layout
+    path = write_adapter_dir(
+        out_dir, peft_config, meta, tensors, key_to_file=layout.file_key if layout is not None else None
+    )
     logger.info("Combined %d %s adapters with %s into %s", len(views), first.method, how, path)
     return path
 
@@ -162,29 +169,40 @@ def check_compatible(views: Sequence[AdapterView], how: str, rank: int | None = 
                 "the same target_modules."
             )
         _check_same_heads(first, other, pair)
-    if first.method not in LOW_RANK_METHODS:
-        if first.method != "adapter":
-            raise MergeError(
-                f"Method {first.method!r} cannot be combined: combine supports lora, adalora and adapter (bottleneck)."
-            )
+    spec = first.files.spec
+    if spec is None or spec.combining.refused:
+        reason = (
+            spec.combining.refused
+            if spec is not None
+            else f"its plugin {first.files.plugin!r} is not installed"
+        )
+        raise MergeError(f"{first.method!r} adapters cannot be combined: {reason}.")
+    if first.low_rank is None:
         if how != "linear":
             raise MergeError(
-                f"Bottleneck adapters are combined by parameter averaging only: use how='linear', not {how!r}."
+                f"{first.method!r} adapters are combined by parameter averaging only: use how='linear', not {how!r}."
             )
-        for other in views[1:]:
-            for option in _BOTTLENECK_SHAPE_OPTIONS:
-                a, b = first.files.options.get(option), other.files.options.get(option)
-                if a != b:
-                    raise MergeError(
-                        f"Cannot average bottleneck adapters {first.name!r} and {other.name!r}: {option} differs "
-                        f"({a!r} vs {b!r}). Only adapters with the same architecture can be averaged."
-                    )
+        _check_same_options(views, spec.combining.must_match)
         return
     try:
         output_rank(how, [v.nominal_rank for v in views], rank)
     except MergeError as exc:
         ranks = ", ".join(f"{v.name!r}: {v.nominal_rank}" for v in views)
         raise MergeError(f"{exc} (ranks: {ranks})") from None
+
+
+def _check_same_options(views: Sequence[AdapterView], names: tuple[str, ...] | None) -> None:
+    """Averaging parameters only makes sense between adapters of the same architecture."""
+    first = views[0]
+    for other in views[1:]:
+        keys = names if names is not None else sorted(set(first.files.options) | set(other.files.options))
+        for option in keys:
+            a, b = first.files.options.get(option), other.files.options.get(option)
+            if a != b:
+                raise MergeError(
+                    f"Cannot average {first.method!r} adapters {first.name!r} and {other.name!r}: {option} differs "
+                    f"({a!r} vs {b!r}). Only adapters with the same architecture can be averaged."
+                )
 
 
 def _check_same_base(first: AdapterView, other: AdapterView, pair: str) -> None:

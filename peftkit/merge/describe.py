@@ -8,7 +8,7 @@ from typing import Any
 
 from peftkit.errors import UnknownMethodError
 from peftkit.io import WEIGHTS_FILE, describe_fingerprint, read_adapter_dir
-from peftkit.merge.adapters import LOW_RANK_METHODS, view_adapter
+from peftkit.merge.adapters import view_adapter
 from peftkit.registry import get_method
 
 
@@ -17,9 +17,9 @@ def describe_adapter(path: str | os.PathLike[str]) -> dict[str, Any]:
 
     Returns:
         A JSON-serialisable dict: ``path``, ``method``, ``source``, ``mergeable``, ``peft_type``,
-        ``options``, ``targets``, ``num_targets``, ``ranks`` (LoRA / AdaLoRA: ``nominal`` r or init_r,
-        ``min`` / ``max`` / ``total`` over modules and ``per_module``; AdaLoRA's per-module ranks
-        are those its budget kept, i.e. its rank pattern), ``parameters`` (``total``, ``adapter``,
+        ``options``, ``targets``, ``num_targets``, ``ranks`` (low-rank methods: ``nominal`` rank (r, init_r),
+        ``min`` / ``max`` / ``total`` over modules and ``per_module``, the ranks actually stored, e.g.
+        those AdaLoRA's budget kept; ``pruned`` if any is below the nominal rank), ``parameters`` (``total``, ``adapter``,
         ``heads``), ``file_size`` (weights file and whole directory, bytes), ``base`` (name,
         fingerprint digest and the full fingerprint), ``heads`` (modules, num_labels, labels),
         ``peftkit_version``, ``format_version``, ``versions``, ``combined_from``.
@@ -38,14 +38,14 @@ def describe_adapter(path: str | os.PathLike[str]) -> dict[str, Any]:
     heads_meta = files.meta.get("heads") or {}
     head_params = sum(t.numel() for t in view.heads.values())
     ranks: dict[str, Any] | None = None
-    if files.method in LOW_RANK_METHODS and view.ranks:
+    if view.low_rank is not None and view.ranks:
         values = list(view.ranks.values())
         ranks = {
             "nominal": view.nominal_rank,
             "min": min(values),
             "max": max(values),
             "total": sum(values),
-            "pruned": files.method == "adalora" and any(v < view.nominal_rank for v in values),
+            "pruned": any(v < view.nominal_rank for v in values),
             "per_module": dict(sorted(view.ranks.items())),
         }
     fingerprint = files.fingerprint

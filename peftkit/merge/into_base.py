@@ -33,7 +33,8 @@ from peftkit.io import AdapterFiles, describe_fingerprint, load_adapter, read_ad
 from peftkit.io.files import MERGED_ADAPTERS_ATTR, remove_stale_temp_dirs, temp_dir_beside
 from peftkit.io.paths import WEIGHTS_FILE
 from peftkit.merge.fold import NOT_MERGEABLE_HINT, check_not_quantized, fold_adapter
-from peftkit.merge.options import DTYPE_NAMES, TASKS
+from peftkit.merge.options import DTYPE_NAMES
+from peftkit.models import TASKS, is_encoder_decoder, task_of_class, task_of_peft_type
 from peftkit.registry import get_method
 from peftkit.state import PEFT_KEY_PREFIX, get_state, unwrap_model
 
@@ -267,34 +268,16 @@ def _model_class(files: AdapterFiles, task: str | None, base_config: dict[str, A
     base_architecture = (base_config.get("architectures") or [None])[0]
     task = (
         task
-        or _task_of(architecture)
-        or _PEFT_TASKS.get(str(files.peft_config.get("task_type")))  # adapters written by peft itself
-        or _task_of(base_architecture)
+        or task_of_class(architecture)
+        or task_of_peft_type(files.peft_config.get("task_type"))  # adapters written by peft itself
+        or task_of_class(base_architecture)
     )
     if task not in TASKS:
         raise InvalidOptionError(
             f"Cannot tell which model class to load the base with (adapter architecture {architecture!r}, "
             f"base architecture {base_architecture!r}, task={task!r}); pass task= one of {', '.join(TASKS)} (--task)."
         )
-    return getattr(transformers, TASKS[task])
-
-
-_PEFT_TASKS = {
-    "TOKEN_CLS": "token-classification",
-    "SEQ_CLS": "sequence-classification",
-    "CAUSAL_LM": "causal-lm",
-}
-
-
-def _task_of(architecture: str | None) -> str | None:
-    suffixes = {
-        "ForTokenClassification": "token-classification",
-        "ForSequenceClassification": "sequence-classification",
-        "ForQuestionAnswering": "question-answering",
-        "ForCausalLM": "causal-lm",
-        "LMHeadModel": "causal-lm",
-    }
-    return next((t for s, t in suffixes.items() if architecture and architecture.endswith(s)), None)
+    return getattr(transformers, TASKS[task].auto_class)
 
 
 def _head_rows(files: AdapterFiles) -> int | None:
@@ -324,13 +307,17 @@ def _source_dir(model: nn.Module) -> Path | None:
 
 
 def _probe_inputs(model: nn.Module) -> dict[str, torch.Tensor] | None:
+    """A fixed random batch for the merge check (encoder-decoder models get decoder inputs too)."""
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)
     if not vocab:
         return None
-    generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(min(3, vocab - 1), vocab, (2, 16), generator=generator)
+    generator = torch.Generator().manual_seed(0)  # on the CPU: the same probe on every device
+    ids = torch.randint(min(3, vocab - 1), vocab, (2, 16), generator=generator, device="cpu")
     device = next(model.parameters()).device
-    return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids, device=device)}
+    probe = {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids, device=device)}
+    if is_encoder_decoder(model):
+        probe["decoder_input_ids"] = ids[:, :8].to(device)
+    return probe
 
 
 @torch.no_grad()

@@ -1,16 +1,12 @@
-"""Names accepted by the merge and combine operations (standard library only: the CLI's parser uses them)."""
+"""Names accepted by the merge and combine operations (standard library only: the CLI's parser uses them).
+
+Task names (``--task``) are :data:`peftkit.models.TASKS`.
+"""
 
 from __future__ import annotations
 
 #: ``dtype`` / ``--dtype`` values for merged weights.
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
-#: ``task`` / ``--task`` values -> transformers auto class names.
-TASKS = {
-    "token-classification": "AutoModelForTokenClassification",
-    "sequence-classification": "AutoModelForSequenceClassification",
-    "causal-lm": "AutoModelForCausalLM",
-    "question-answering": "AutoModelForQuestionAnswering",
-}
 
 #: Rules applied to full delta weights followed by a truncated SVD.
 SVD_RULES = ("svd", "ties_svd", "dare_linear_svd", "dare_ties_svd", "magnitude_prune_svd")

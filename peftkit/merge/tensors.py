@@ -1,12 +1,11 @@
 """Pure tensor functions behind ``peftkit combine``: low-rank updates in, low-rank updates out.
 
-Every LoRA-style update of one module is brought into a common *factor form*::
+Every low-rank update of one module is brought into a common *factor form*::
 
     delta_W (out x in) = scale * B (out x r) @ A (r x in)
 
-LoRA gives it directly (``scale = alpha / r``, or ``alpha / sqrt(r)`` with rsLoRA); AdaLoRA folds
-its singular values into ``A`` (``A_eff = lora_A * lora_E``, ``scale = alpha / (r + 1e-5)`` as in
-peft). :func:`combine_low_rank` mixes several such updates with one of peft's task-arithmetic
+Each low-rank method reads its own tensors into this form (its
+:class:`~peftkit.registry.LowRankView`); :func:`combine_low_rank` mixes several such updates with one of peft's task-arithmetic
 rules (``peft.utils.merge_utils``) and returns a new update in the same form, with the requested
 output ``scale`` folded into the factors. Nothing here knows about files or models.
 
@@ -61,21 +60,20 @@ class LowRank:
         return self.scale * (self.B.float() @ self.A.float())
 
 
-def lora_scale(alpha: float, r: int, use_rslora: bool = False) -> float:
-    """LoRA scaling as in peft: ``alpha / r``, or ``alpha / sqrt(r)`` with rank-stabilised LoRA."""
-    return alpha / math.sqrt(r) if use_rslora else alpha / r
+@dataclass
+class LowRankUpdates:
+    """A low-rank adapter read into factor form (what a :class:`~peftkit.registry.LowRankView` returns).
 
+    Attributes:
+        updates: Module name -> update, all padded to ``nominal_rank`` where the method prunes ranks.
+        ranks: Module name -> rank the file actually stores (pruned ranks excluded).
+        nominal_rank: The method's configured rank (``r``, AdaLoRA's ``init_r``).
 
-def adalora_scale(alpha: float, ranknum: float) -> float:
-    """AdaLoRA scaling as in peft ``alpha / (ranknum + 1e-5)`` (``ranknum`` is the layer's initial rank)."""
-    return alpha / (ranknum + 1e-5)
+    """
 
-
-def adalora_to_low_rank(
-    lora_a: torch.Tensor, lora_e: torch.Tensor, lora_b: torch.Tensor, scale: float
-) -> LowRank:
-    """Fold AdaLoRA's ``P Λ Q`` (``lora_B``, ``lora_E``, ``lora_A``) into factor form."""
-    return LowRank(A=lora_a.float() * lora_e.float().reshape(-1, 1), B=lora_b.float(), scale=scale)
+    updates: dict[str, LowRank]
+    ranks: dict[str, int]
+    nominal_rank: int
 
 
 def check_combination(how: str, density: float | None, rank: int | None) -> None:

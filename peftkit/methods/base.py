@@ -8,12 +8,26 @@ training.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
+import os
 import re
 import types
 import typing
 from typing import Any, ClassVar, Union
 
 from peftkit.errors import InvalidOptionError, did_you_mean
+
+logger = logging.getLogger(__name__)
+
+#: ``non_linearity`` option values of the bottleneck-style methods -> ``torch.nn`` class names.
+ACTIVATIONS: dict[str, str] = {
+    "relu": "ReLU",
+    "gelu": "GELU",
+    "silu": "SiLU",
+    "swish": "SiLU",
+    "tanh": "Tanh",
+}
 
 
 @dataclasses.dataclass
@@ -38,12 +52,13 @@ class MethodConfig:
 
     def __post_init__(self) -> None:
         self._check_types()
+        self._check_finite()
         if isinstance(self.target_modules, list) and not self.target_modules:
             raise InvalidOptionError("target_modules=[] adapts nothing: give module names or leave it unset.")
         if isinstance(self.target_modules, tuple):
             self.target_modules = list(self.target_modules)
         if isinstance(self.target_modules, str):
-            _check_regex("target_modules", self.target_modules)
+            check_regex("target_modules", self.target_modules)
         self.validate()
 
     def validate(self) -> None:
@@ -76,6 +91,15 @@ class MethodConfig:
         """Return the options as a JSON-serialisable dict."""
         return dataclasses.asdict(self)
 
+    def _check_finite(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise InvalidOptionError(
+                    f"Option {field.name}={value} must be a finite number (method "
+                    f"{self.method_name or type(self).__name__!r}); NaN or infinity would make every output NaN."
+                )
+
     def _check_types(self) -> None:
         hints = typing.get_type_hints(type(self))
         for field in dataclasses.fields(self):
@@ -92,7 +116,8 @@ class MethodConfig:
                 )
 
 
-def _check_regex(name: str, pattern: str) -> None:
+def check_regex(name: str, pattern: str) -> None:
+    """Refuse a target pattern that is not a valid regular expression, saying how to pass names instead."""
     try:
         re.compile(pattern)
     except re.error as exc:
@@ -111,6 +136,26 @@ def require(condition: bool, message: str) -> None:
 def check_dropout(name: str, value: float) -> None:
     """Check that a dropout probability lies in [0, 1)."""
     require(0.0 <= value < 1.0, f"{name}={value!r} is not a probability in [0, 1): use e.g. {name}=0.1.")
+
+
+#: Largest multiplier of an adapter's output that peftkit accepts (published settings stay below ~32).
+MAX_SCALE = 1e4
+
+
+def check_scale(name: str, value: float, what: str) -> None:
+    """Refuse a multiplier of the adapter's output so large that activations overflow.
+
+    Args:
+        name: The option shown in the message (e.g. ``"alpha"``).
+        value: The multiplier the option results in (e.g. ``alpha / r``).
+        what: How the multiplier is computed, for the message (e.g. ``"alpha / r"``).
+
+    """
+    require(
+        abs(value) <= MAX_SCALE,
+        f"{name} makes the adapter's output scale {what} = {value:.3g}, beyond {MAX_SCALE:g}: activations would "
+        f"overflow to inf/NaN. Published settings keep it below ~32 (LoRA: alpha = 2 r).",
+    )
 
 
 def check_positive(name: str, value: float, example: str = "8") -> None:
@@ -153,3 +198,58 @@ def _describe(expected: Any) -> str:
     if expected is type(None):
         return "None"
     return getattr(expected, "__name__", str(expected))
+
+
+def check_fits_targets(model: Any, patterns: list[str] | str, name: str, rank: int) -> None:
+    """Refuse a rank whose adapter cannot fit in memory, before anything is allocated; warn when it is wasteful.
+
+    A low-rank update of a layer with ``in`` inputs and ``out`` outputs has rank at most
+    ``min(in, out)``: a larger ``rank`` only adds parameters (``r=10**9`` would try to allocate
+    terabytes and fail deep inside torch). Above the device's memory it is an error, above
+    ``min(in, out)`` a warning.
+
+    Raises:
+        InvalidOptionError: Naming the memory the adapter would need and the largest useful rank.
+
+    """
+    from peftkit.targets import layer_widths
+
+    widths = layer_widths(model, patterns)
+    if not widths:
+        return  # nothing matched: target resolution reports it
+    layer, (fan_in, fan_out) = min(widths.items(), key=lambda item: min(item[1]))
+    useful = min(fan_in, fan_out)
+    needed = 4 * rank * sum(a + b for a, b in widths.values())  # fp32 A and B of every adapted layer
+    available = _device_memory(model)
+    require(
+        needed <= available,
+        f"{name}={rank} would need {needed / 2**30:,.1f} GiB for the adapter alone ({len(widths)} layers x {name} x "
+        f"(in + out) x 4 bytes), more than this device has ({available / 2**30:,.1f} GiB). A low-rank update of "
+        f"{layer} ({fan_in} -> {fan_out} features) has rank at most {useful}: use {name} <= {useful} "
+        f"(e.g. {name}={min(8, useful)}).",
+    )
+    if rank > useful:
+        logger.warning(
+            "%s=%d exceeds min(in, out)=%d of %s: the update's rank cannot exceed %d, the extra ranks only add "
+            "parameters. Consider %s <= %d.",
+            name,
+            rank,
+            useful,
+            layer,
+            useful,
+            name,
+            useful,
+        )
+
+
+def _device_memory(model: Any) -> int:
+    """Bytes of memory on the device holding ``model``'s first parameter (GPU memory, else host RAM)."""
+    param = next(model.parameters(), None)
+    if param is not None and param.device.type == "cuda":
+        import torch
+
+        return int(torch.cuda.get_device_properties(param.device).total_memory)
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):  # not POSIX
+        return 2**40

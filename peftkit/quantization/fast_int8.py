@@ -165,9 +165,24 @@ def _packed_weight(layer: nn.Module, cb: torch.Tensor, scb: torch.Tensor) -> ker
     return packed
 
 
+def _adopt_weight_codes(layer: nn.Module) -> None:
+    """Move the weight's int8 codes and scales to the layer state, as bitsandbytes does at first use.
+
+    Unlike bitsandbytes' ``init_8bit_state``, a missing scale never overwrites the state's: peft's
+    DoRA re-wraps the weight (``weight.to(cpu)``) on every forward, which keeps the codes but drops
+    ``SCB``.
+    """
+    weight = layer.weight
+    if weight.CB is not None:
+        layer.state.CB = weight.CB
+        weight.CB = None
+    if getattr(weight, "SCB", None) is not None:
+        layer.state.SCB = weight.SCB
+        weight.SCB = None
+
+
 def _fast_forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    if layer.weight.CB is not None:  # bitsandbytes moves CB/SCB to the layer state at first use
-        layer.init_8bit_state()
+    _adopt_weight_codes(layer)
     cb, scb = layer.state.CB, layer.state.SCB
     packed = _packed_weight(layer, cb, scb)
     x2 = x.reshape(-1, x.shape[-1])

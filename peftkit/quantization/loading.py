@@ -16,19 +16,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from peftkit import models
 from peftkit.errors import QuantizationError, did_you_mean
+from peftkit.models import TASKS, head_module_names, outside_backbone
 from peftkit.quantization.fast_int8 import enable_fast_int8, import_bitsandbytes
 from peftkit.quantization.prepare import enable_gradient_checkpointing, prepare_for_kbit_training
 
 logger = logging.getLogger(__name__)
-
-#: Task name -> transformers auto class name.
-TASKS: dict[str, str] = {
-    "token-classification": "AutoModelForTokenClassification",
-    "sequence-classification": "AutoModelForSequenceClassification",
-    "causal-lm": "AutoModelForCausalLM",
-    "question-answering": "AutoModelForQuestionAnswering",
-}
 
 #: ``from_pretrained`` keyword arguments that also matter for reading the config.
 _CONFIG_KWARGS = (
@@ -55,21 +49,7 @@ def auto_class(task: str) -> type:
         )
     import transformers
 
-    return getattr(transformers, TASKS[task])
-
-
-def outside_backbone(model: nn.Module) -> list[str]:
-    """Top-level children of ``model`` outside ``model.base_model_prefix`` that hold parameters.
-
-    These are the modules kept in full precision: task heads and the LM head.
-    """
-    prefix = getattr(model, "base_model_prefix", "") or ""
-    backbone = getattr(model, prefix, None) if prefix else None
-    return [
-        name
-        for name, child in model.named_children()
-        if child is not backbone and next(child.parameters(), None) is not None
-    ]
+    return getattr(transformers, TASKS[task].auto_class)
 
 
 def skip_modules(path: str, task: str, **from_pretrained_kwargs: Any) -> list[str]:
@@ -110,13 +90,16 @@ def _check_converted(model: nn.Module, skipped: list[str]) -> None:
     """Raise if no layer became 8-bit; warn about backbone layers bitsandbytes could not convert."""
     bnb = import_bitsandbytes()
     converted = [m for m in model.modules() if isinstance(m, bnb.nn.Linear8bitLt)]
-    prefix = getattr(model, "base_model_prefix", "") or ""
-    backbone = getattr(model, prefix, model) if prefix else model
+    backbone = models.backbone(model) or model
+    # the architecture's own choice (T5 keeps its feed-forward output "wo" in fp32 for stability)
+    kept_by_design = set(getattr(model, "_keep_in_fp32_modules", None) or ())
     left = sorted(
         {
             type(m).__name__
-            for m in backbone.modules()
-            if not isinstance(m, (bnb.nn.Linear8bitLt, nn.Embedding))
+            for name, m in backbone.named_modules()
+            if not any(name == kept or name.startswith(kept + ".") for kept in skipped)
+            and not kept_by_design & set(name.split("."))
+            and not isinstance(m, (bnb.nn.Linear8bitLt, nn.Embedding))
             and (weight := m._parameters.get("weight")) is not None
             and weight.dim() >= 2  # matrices and convolution kernels
             and weight.is_floating_point()
@@ -205,8 +188,6 @@ def load_base(
     kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skipped)
     model = cls.from_pretrained(path, device_map=_default_device_map(device_map), **kwargs)
     _check_converted(model, skipped)
-    from peftkit.targets import head_module_names
-
     prepare_for_kbit_training(model, head_module_names(model), gradient_checkpointing)
     if fast_int8 is None:
         fast_int8 = _on_cpu(model)

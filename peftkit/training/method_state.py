@@ -1,14 +1,11 @@
 """Training state that adapter methods keep outside ``state_dict()``, for exact resumption.
 
-AdaLoRA's rank allocator keeps exponential moving averages of every adapter weight's
-sensitivity and the rank pattern it has allocated so far. They are plain Python attributes,
-invisible to ``model.state_dict()`` and to ``accelerator.save_state``; without them a resumed
-AdaLoRA run prunes different singular values than an uninterrupted one.
-
-A method handle (what a method's builder returns, see :mod:`peftkit.registry`) can take part
-by defining ``training_state() -> dict`` and ``load_training_state(dict)``; values may be
-tensors (stored with safetensors) or JSON-serialisable objects. peft's AdaLoRA handle is
-supported without that protocol by reading its ``tuner.rankallocator``.
+Some methods keep state that ``model.state_dict()`` and ``accelerator.save_state`` never see
+(AdaLoRA's rank allocator: moving averages of every weight's sensitivity, and the rank pattern
+allocated so far); without it a resumed run diverges from an uninterrupted one. A method takes
+part through its handle (what its builder returns, see :class:`peftkit.registry.MethodHandle`):
+``training_state() -> dict`` and ``load_training_state(dict)``; values may be tensors (stored with
+safetensors) or JSON-serialisable objects.
 """
 
 from __future__ import annotations
@@ -18,42 +15,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from peftkit.state import get_state
+
 _SEP = "::"
-_EMA_FIELDS = ("ipt", "exp_avg_ipt", "exp_avg_unc")
 
 
 def _handles(model: nn.Module) -> dict[str, object]:
-    from peftkit.state import get_state
-
     state = get_state(model)
     if state is None:
         return {}
     return {name: rec.handle for name, rec in state.adapters.items() if rec.handle is not None}
-
-
-def _adalora_state(handle: Any) -> dict[str, Any] | None:
-    allocator = getattr(getattr(handle, "tuner", None), "rankallocator", None)
-    if allocator is None:
-        return None
-    out: dict[str, Any] = {}
-    for field in _EMA_FIELDS:
-        for name, tensor in getattr(allocator, field).items():
-            out[f"{field}{_SEP}{name}"] = tensor
-    out["rank_pattern"] = handle.peft_config.rank_pattern
-    out["last_step"] = getattr(handle, "last_step", None)
-    return out
-
-
-def _load_adalora_state(handle: Any, values: dict[str, Any]) -> None:
-    allocator = handle.tuner.rankallocator
-    allocator.reset_ipt()
-    for key, value in values.items():
-        field, sep, name = key.partition(_SEP)
-        if sep and field in _EMA_FIELDS:
-            getattr(allocator, field)[name] = value
-    handle.peft_config.rank_pattern = values.get("rank_pattern")
-    if values.get("last_step") is not None:
-        handle.last_step = values["last_step"]
 
 
 def collect_method_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -70,10 +41,7 @@ def collect_method_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dic
     tensors: dict[str, torch.Tensor] = {}
     values: dict[str, Any] = {}
     for adapter, handle in _handles(model).items():
-        if callable(getattr(handle, "training_state", None)):
-            state = handle.training_state()
-        else:
-            state = _adalora_state(handle)
+        state = handle.training_state() if callable(getattr(handle, "training_state", None)) else None
         if not state:
             continue
         values[adapter] = {}
@@ -92,13 +60,11 @@ def restore_method_state(model: nn.Module, tensors: dict[str, torch.Tensor], val
     for key, tensor in tensors.items():
         adapter, _, rest = key.partition(_SEP)
         per_adapter.setdefault(adapter, {})[rest] = tensor
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     for adapter, state in per_adapter.items():
         handle = handles.get(adapter)
-        if handle is None:
+        if handle is None or not callable(getattr(handle, "load_training_state", None)):
             continue
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        state = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in state.items()}
-        if callable(getattr(handle, "load_training_state", None)):
-            handle.load_training_state(state)
-        elif getattr(getattr(handle, "tuner", None), "rankallocator", None) is not None:
-            _load_adalora_state(handle, state)
+        handle.load_training_state(
+            {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in state.items()}
+        )

@@ -2,7 +2,9 @@
 
 ``scale``: multiply each output channel of the target modules by a learned factor (an
 IA3-like method). The layer follows peft's ``BaseTunerLayer`` conventions, which is all peftkit
-needs to train, switch, save and load it.
+needs to train, switch, save and load it; ``merge()`` scales the base weight, so ``peftkit merge``
+folds it; ``tensor_names`` lets adapter files be checked; ``peftkit combine`` averages the scales.
+Nothing in peftkit knows this method.
 """
 
 from __future__ import annotations
@@ -39,9 +41,23 @@ class ScaleLayer(nn.Module, BaseTunerLayer):
         self.update_layer(adapter_name, init)
 
     def update_layer(self, adapter_name: str, init: float) -> None:
-        width = self.base_layer.out_features
-        self.scale_vector[adapter_name] = nn.Parameter(torch.full((width,), float(init)))
+        width = (
+            getattr(self.base_layer, "out_features", None) or self.base_layer.nf
+        )  # nn.Linear or GPT-2 Conv1D
+        device = self.base_layer.weight.device
+        self.scale_vector[adapter_name] = nn.Parameter(torch.full((width,), float(init), device=device))
         self.set_adapter(self.active_adapters)
+
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        base = self.get_base_layer()
+        with torch.no_grad():
+            for name in adapter_names or self.active_adapters:
+                scale = self.scale_vector[name].to(base.weight.dtype)
+                conv1d = type(base).__name__ == "Conv1D"  # weight stored (in, out)
+                base.weight.mul_(scale[None, :] if conv1d else scale[:, None])
+                if base.bias is not None:
+                    base.bias.mul_(scale)
+                self.merged_adapters.append(name)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base_layer(x)
@@ -56,7 +72,13 @@ class ScaleLayer(nn.Module, BaseTunerLayer):
 def register() -> None:
     """Entry point named in the distribution's entry_points.txt."""
 
-    @peftkit.register_method("scale", config_cls=ScaleConfig, description="Learned per-channel output scales")
+    @peftkit.register_method(
+        "scale",
+        config_cls=ScaleConfig,
+        description="Learned per-channel output scales",
+        mergeable=True,
+        tensor_names=("scale_vector",),
+    )
     def build(model: nn.Module, config: ScaleConfig, adapter_name: str, targets) -> None:
         from peftkit.targets import matches
 

@@ -1,6 +1,6 @@
 """The bottleneck adapter layer (see :mod:`peftkit.methods.adapter` for the method and its options).
 
-A :class:`BottleneckLayer` wraps a frozen output projection and adds one residual bottleneck per
+An :class:`AdapterLayer` wraps a frozen output projection and adds one residual bottleneck per
 adapter name, following peft's ``BaseTunerLayer`` conventions (weights in ``ModuleDict``s keyed by
 adapter name, ``set_adapter`` / ``enable_adapters``, ``get_base_layer``).
 """
@@ -14,10 +14,10 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from peftkit.errors import MergeError
-from peftkit.methods.adapter import ACTIVATIONS
+from peftkit.methods.base import ACTIVATIONS
 
 if TYPE_CHECKING:
-    from peftkit.methods.adapter import BottleneckOptions
+    from peftkit.methods.adapter.options import AdapterOptions
 
 
 def output_features(module: nn.Module) -> int:
@@ -31,13 +31,13 @@ def output_features(module: nn.Module) -> int:
     )
 
 
-class BottleneckLayer(nn.Module, BaseTunerLayer):
+class AdapterLayer(nn.Module, BaseTunerLayer):
     """A frozen output projection followed by one bottleneck adapter per adapter name."""
 
     adapter_layer_names = ("adapter_down", "adapter_up", "adapter_norm")
     other_param_names = ("adapter_options",)
 
-    def __init__(self, base_layer: nn.Module, adapter_name: str, config: BottleneckOptions) -> None:
+    def __init__(self, base_layer: nn.Module, adapter_name: str, config: AdapterOptions) -> None:
         """Wrap ``base_layer`` and add the adapter ``adapter_name`` described by ``config``."""
         super().__init__()
         self.base_layer = base_layer
@@ -50,7 +50,7 @@ class BottleneckLayer(nn.Module, BaseTunerLayer):
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, config)
 
-    def update_layer(self, adapter_name: str, config: BottleneckOptions) -> None:
+    def update_layer(self, adapter_name: str, config: AdapterOptions) -> None:
         """Add (or replace) the bottleneck ``adapter_name``."""
         width = output_features(self.base_layer)
         bottleneck = max(1, int(width // config.reduction_factor))
@@ -67,7 +67,7 @@ class BottleneckLayer(nn.Module, BaseTunerLayer):
         if config.layer_norm:
             self.adapter_norm[adapter_name] = nn.LayerNorm(width, device=device)
         self.adapter_options[adapter_name] = {
-            "activation": ACTIVATIONS[config.non_linearity](),
+            "activation": getattr(nn, ACTIVATIONS[config.non_linearity])(),
             "dropout": nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity(),
             "scaling": config.scaling,
         }
@@ -93,7 +93,7 @@ class BottleneckLayer(nn.Module, BaseTunerLayer):
                 hidden = hidden + (options["scaling"] * h).to(hidden.dtype)
         return hidden
 
-    def train(self, mode: bool = True) -> BottleneckLayer:
+    def train(self, mode: bool = True) -> AdapterLayer:
         """Propagate train/eval mode to the per-adapter dropout modules too."""
         super().train(mode)
         for options in self.adapter_options.values():
@@ -115,4 +115,4 @@ class BottleneckLayer(nn.Module, BaseTunerLayer):
 
     def __repr__(self) -> str:
         """Show the wrapped layer and the adapters."""
-        return f"BottleneckLayer(adapters={list(self.adapter_down)}, base_layer={self.base_layer!r})"
+        return f"AdapterLayer(adapters={list(self.adapter_down)}, base_layer={self.base_layer!r})"
