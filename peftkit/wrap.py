@@ -22,6 +22,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils.other import AuxiliaryTrainingWrapper, ModulesToSaveWrapper
 from torch import nn
 
+from peftkit import pretrained
 from peftkit import targets as target_defaults
 from peftkit.errors import AlreadyWrappedError, InvalidOptionError, NotWrappedError, PeftkitError
 from peftkit.methods.base import MethodConfig
@@ -167,6 +168,7 @@ def inject(model: nn.Module, spec: MethodSpec, config: MethodConfig, adapter_nam
         metadata={"source": spec.source},
     )
     set_active(inner, adapter_name)
+    pretrained.install(inner)  # Trainer's save_model / checkpoints write the adapter; resume restores it
     logger.info(
         "Injected %s adapter %r into %d modules; heads: %s", spec.name, adapter_name, len(resolved), heads
     )
