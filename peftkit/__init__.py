@@ -29,6 +29,7 @@ from peftkit.errors import (
     DataError,
     InvalidOptionError,
     MergeError,
+    ModelPathError,
     NoTargetsMatchedError,
     NotWrappedError,
     PeftkitError,
@@ -136,4 +137,5 @@ __all__ = [
     "BaseModelMismatchError",
     "QuantizationError",
     "MergeError",
+    "ModelPathError",
 ]
