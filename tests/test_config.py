@@ -111,6 +111,12 @@ def test_misspelt_names_of_other_libraries_point_to_ours(typed: str, suggested: 
     assert f"Did you mean {suggested}" in str(info.value)
 
 
+def test_a_negative_number_in_scientific_notation_is_a_value_not_an_option():
+    with pytest.raises(ConfigError, match=r"lr=-0.001 must be > 0 and finite: pass e.g. --lr 5e-4"):
+        parse_config(RecipeConfig, ["--lr", "-1e-3"])  # not argparse's "expected one argument"
+    assert parse_config(RecipeConfig, ["--lr", "1e-3", "--weight-decay", "0"]).lr == 1e-3
+
+
 def test_output_dir_that_is_a_file_is_refused_before_anything_runs(tmp_path):
     file = tmp_path / "notes.txt"
     file.write_text("x")
