@@ -55,7 +55,10 @@ def install(model: nn.Module) -> None:
     if _INSTALLED in inner.__dict__ or not callable(getattr(inner, "save_pretrained", None)):
         return
     hooks = _ResumeHooks()
-    inner.register_load_state_dict_pre_hook(hooks.before_load)
+    if hasattr(inner, "register_load_state_dict_pre_hook"):  # public from torch 2.5
+        inner.register_load_state_dict_pre_hook(hooks.before_load)
+    else:
+        inner._register_load_state_dict_pre_hook(hooks.before_load, with_module=True)
     inner.register_load_state_dict_post_hook(hooks.after_load)
     inner.__dict__[_INSTALLED] = hooks
     inner.save_pretrained = types.MethodType(save_pretrained, inner)
@@ -139,7 +142,10 @@ class _ResumeHooks:
         self.pending: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None
 
     def before_load(self, module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-        if prefix or state_dict.pop(prefix + TRAINABLE_ONLY_KEY, None) is None:
+        if prefix:
+            return
+        self.pending = None  # whatever an earlier, failed load left
+        if state_dict.pop(TRAINABLE_ONLY_KEY, None) is None:
             return
         raw = state_dict.pop(METHOD_VALUES_KEY, None)
         values = json.loads(bytes(raw.tolist()).decode("utf-8")) if raw is not None else {}

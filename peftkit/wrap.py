@@ -7,7 +7,8 @@ Data flow::
 
 The returned object is the very model that was passed in: same class, same ``forward``
 signature, same outputs type, so it works in a plain Accelerate loop and in
-``transformers.Trainer``.
+``transformers.Trainer``. Only its ``save_pretrained`` differs: it writes the adapter, and
+``Trainer`` checkpoints resume exactly (:mod:`peftkit.pretrained`).
 """
 
 from __future__ import annotations
