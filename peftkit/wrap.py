@@ -7,7 +7,8 @@ Data flow::
 
 The returned object is the very model that was passed in: same class, same ``forward``
 signature, same outputs type, so it works in a plain Accelerate loop and in
-``transformers.Trainer``.
+``transformers.Trainer``. Only its ``save_pretrained`` differs: it writes the adapter, and
+``Trainer`` checkpoints resume exactly (:mod:`peftkit.pretrained`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils.other import AuxiliaryTrainingWrapper, ModulesToSaveWrapper
 from torch import nn
 
+from peftkit import pretrained
 from peftkit import targets as target_defaults
 from peftkit.errors import AlreadyWrappedError, InvalidOptionError, NotWrappedError, PeftkitError
 from peftkit.methods.base import MethodConfig
@@ -167,6 +169,7 @@ def inject(model: nn.Module, spec: MethodSpec, config: MethodConfig, adapter_nam
         metadata={"source": spec.source},
     )
     set_active(inner, adapter_name)
+    pretrained.install(inner)  # Trainer's save_model / checkpoints write the adapter; resume restores it
     logger.info(
         "Injected %s adapter %r into %d modules; heads: %s", spec.name, adapter_name, len(resolved), heads
     )

@@ -105,6 +105,7 @@ def resolve_model(config: ClmConfig, accelerator: Accelerator) -> tuple[str, dic
     if config.tiny:
         return build_tiny_base(config, accelerator), {}
     path = Path(config.model_path) if config.model_path else locate_package_file(*SMOLLM2)
+    common.check_base(config, str(path), allow_gguf=True)
     if path.suffix == ".gguf":
         return str(path.parent), {"gguf_file": path.name}
     return str(path), {}

@@ -95,6 +95,39 @@ def test_names_from_transformers_and_peft_point_to_ours(tmp_path, theirs: str, o
 
 
 @pytest.mark.parametrize(
+    ("typed", "suggested"),
+    [
+        ("--learnig-rate", "'--lr'? (peftkit's name for '--learning-rate')"),
+        ("--lerning-rate", "'--lr'? (peftkit's name for '--learning-rate')"),
+        ("--num-train-epoch", "'--epochs'? (peftkit's name for '--num-train-epochs')"),
+        ("--lora-alpah", "'--alpha'? (peftkit's name for '--lora-alpha')"),
+        ("--warmup-ratoi", "'--warmup-ratio'?"),  # our own names still win when they are the closest
+        ("--grad-acum", "'--grad-accum'?"),
+    ],
+)
+def test_misspelt_names_of_other_libraries_point_to_ours(typed: str, suggested: str):
+    with pytest.raises(ConfigError) as info:
+        parse_config(RecipeConfig, [typed, "1"])
+    assert f"Did you mean {suggested}" in str(info.value)
+
+
+def test_a_negative_number_in_scientific_notation_is_a_value_not_an_option():
+    with pytest.raises(ConfigError, match=r"lr=-0.001 must be > 0 and finite: pass e.g. --lr 5e-4"):
+        parse_config(RecipeConfig, ["--lr", "-1e-3"])  # not argparse's "expected one argument"
+    assert parse_config(RecipeConfig, ["--lr", "1e-3", "--weight-decay", "0"]).lr == 1e-3
+
+
+def test_output_dir_that_is_a_file_is_refused_before_anything_runs(tmp_path):
+    file = tmp_path / "notes.txt"
+    file.write_text("x")
+    with pytest.raises(ConfigError, match=r"output_dir='.*notes.txt' is an existing file, not a directory"):
+        parse_config(RecipeConfig, ["--output-dir", str(file)])
+    with pytest.raises(ConfigError, match=r"cannot be created: '.*notes.txt' is a file"):
+        TrainConfig(output_dir=str(file / "run"))
+    assert TrainConfig(output_dir=str(tmp_path / "new" / "run")).output_dir.endswith("run")  # created later
+
+
+@pytest.mark.parametrize(
     ("yaml_text", "key", "expected_type", "given"),
     [
         ("epochs: three\n", "epochs", "an integer", "'three'"),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -113,6 +115,23 @@ def test_merged_model_loads_with_plain_transformers_and_matches_the_adapter(art,
     assert_close(logits(plain, family), expected, rtol=1e-5, atol=1e-5)
     assert (out / "model.safetensors").is_file()
     assert json.loads((out / "peftkit_merge.json").read_text())["method"] == method
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_merged_files_follow_the_umask_like_adapter_files(art, tmp_path, umask):
+    adapter, _ = art.adapter("bert", "lora")
+    previous = os.umask(umask)
+    try:
+        merge_adapter(art.base("bert"), adapter, tmp_path / "merged")
+        save_adapter(peftkit.wrap(make_model("bert"), "lora"), tmp_path / "adapter")
+    finally:
+        os.umask(previous)
+    modes = {
+        f"{p.parent.name}/{p.name}": stat.S_IMODE(p.stat().st_mode)
+        for p in sorted([*(tmp_path / "merged").iterdir(), *(tmp_path / "adapter").iterdir()])
+    }
+    assert "merged/model.safetensors" in modes and "adapter/adapter_model.safetensors" in modes
+    assert set(modes.values()) == {0o666 & ~umask}, {k: oct(v) for k, v in modes.items()}
 
 
 @pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated")

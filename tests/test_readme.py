@@ -33,8 +33,8 @@ def bert_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return str(tmp_path / "base")
 
 
-def run_example(heading: str, path: str) -> dict:
-    namespace = {"path": path, "peftkit": peftkit}  # later snippets continue the first one's imports
+def run_example(heading: str, path: str, **given: object) -> dict:
+    namespace = {"path": path, "peftkit": peftkit, **given}  # later snippets continue the first one's imports
     exec(compile(python_block(heading), f"README.md ({heading})", "exec"), namespace)
     return namespace
 
@@ -46,6 +46,24 @@ def test_python_api_example(bert_checkpoint: str, tmp_path: Path, capsys: pytest
     assert peftkit.active_adapter(model) == "other"
     for name in ("ner-lora", "other"):
         assert (tmp_path / "out" / name / "adapter_model.safetensors").is_file()
+
+
+def test_trainer_example(bert_checkpoint: str, tmp_path: Path) -> None:
+    from peftkit.training import reset_accelerate_state
+    from tests.tiny_models import make_batch
+
+    batch = make_batch("bert", batch=16, seq=8, seed=1)
+    train_ds = [{k: v[i] for k, v in batch.items()} for i in range(16)]
+    reset_accelerate_state()
+    try:
+        model = run_example("## With transformers.Trainer", bert_checkpoint, train_ds=train_ds)["model"]
+    finally:
+        reset_accelerate_state()
+    assert peftkit.state.get_state(model).adapters["default"].handle.last_step == 20
+    saved = {p.name for p in (tmp_path / "out" / "ner-adalora").iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "peftkit.json"} <= saved
+    assert "config.json" not in saved
+    assert (tmp_path / "out" / "trainer" / "checkpoint-10" / "model.safetensors").is_file()
 
 
 def test_8bit_example(bert_checkpoint: str) -> None:

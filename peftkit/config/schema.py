@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from peftkit.errors import ConfigError, did_you_mean
@@ -92,6 +93,7 @@ class TrainConfig:
             raise ConfigError(
                 f"warmup_ratio={self.warmup_ratio} must lie in [0, 1): pass e.g. --warmup-ratio 0.06."
             )
+        _check_output_dir(self.output_dir)
 
 
 @dataclasses.dataclass
@@ -177,6 +179,25 @@ class RecipeConfig(TrainConfig):
             options["target_modules"] = list(self.target_modules)
         options.update(self.method_options)
         return options
+
+
+def _check_output_dir(output_dir: str) -> None:
+    """Refuse an ``output_dir`` that is a file, or lies under one, before anything is loaded."""
+    path = Path(output_dir).expanduser()
+    for existing in (path, *path.parents):
+        if not existing.exists():
+            continue
+        if existing.is_dir():
+            return
+        if existing == path:
+            raise ConfigError(
+                f"output_dir={output_dir!r} is an existing file, not a directory: pass a directory path "
+                "(it is created if missing), e.g. --output-dir runs/my-run."
+            )
+        raise ConfigError(
+            f"output_dir={output_dir!r} cannot be created: {str(existing)!r} is a file. Pass a directory path "
+            "elsewhere, e.g. --output-dir runs/my-run."
+        )
 
 
 def _at_least(cfg: object, name: str, minimum: float, example: str) -> None:

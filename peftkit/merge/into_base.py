@@ -30,7 +30,7 @@ from peftkit.errors import (
     QuantizationError,
 )
 from peftkit.io import AdapterFiles, describe_fingerprint, load_adapter, read_adapter_dir
-from peftkit.io.files import MERGED_ADAPTERS_ATTR, remove_stale_temp_dirs, temp_dir_beside
+from peftkit.io.files import MERGED_ADAPTERS_ATTR, follow_umask, remove_stale_temp_dirs, temp_dir_beside
 from peftkit.io.paths import WEIGHTS_FILE
 from peftkit.merge.fold import NOT_MERGEABLE_HINT, check_not_quantized, fold_adapter
 from peftkit.merge.options import DTYPE_NAMES
@@ -240,6 +240,7 @@ def save_merged(model: nn.Module, out: Path, base_dir: Path | None, report: dict
                 if (base_dir / name).is_file() and not (tmp / name).exists():
                     shutil.copy2(base_dir / name, tmp / name)
         (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        follow_umask(tmp)  # transformers writes model.safetensors 0600; adapters follow the umask
         if out.exists():
             out.rmdir()  # empty (checked by merge_adapter)
         os.replace(tmp, out)

@@ -18,6 +18,7 @@ from torch import nn
 
 from peftkit import models
 from peftkit.errors import QuantizationError, did_you_mean
+from peftkit.model_path import check_model_path
 from peftkit.models import TASKS, head_module_names, outside_backbone
 from peftkit.quantization.fast_int8 import enable_fast_int8, import_bitsandbytes
 from peftkit.quantization.prepare import enable_gradient_checkpointing, prepare_for_kbit_training
@@ -156,6 +157,7 @@ def load_base(
         The ``transformers.PreTrainedModel``.
 
     Raises:
+        ModelPathError: ``path`` does not exist, is a file, an adapter directory or holds no config.json.
         QuantizationError: For an unknown task, 8-bit without an importable bitsandbytes, a
             ``quantization_config`` together with ``load_in_8bit``, or a model none of whose
             layers bitsandbytes can convert.
@@ -166,6 +168,12 @@ def load_base(
         (torch.float32, torch.int8)
 
     """
+    check_model_path(
+        path,
+        gguf_file=from_pretrained_kwargs.get("gguf_file"),
+        subfolder=from_pretrained_kwargs.get("subfolder"),
+        needs_config=from_pretrained_kwargs.get("config") is None,
+    )
     cls = auto_class(task)
     kwargs = dict(from_pretrained_kwargs)
     if num_labels is not None:
