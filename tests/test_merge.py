@@ -441,3 +441,12 @@ def test_merged_model_refuses_the_same_adapter_again(tmp_path) -> None:
     with pytest.warns(UserWarning, match="already merged"):
         twice = peftkit.load_adapter(merged, tmp_path / "adapter", strict=False)
     assert twice(**make_batch("bert")).logits.shape[-1] == 5
+
+
+def test_merge_names_a_missing_base_or_an_adapter_passed_as_base(art, tmp_path):
+    adapter, _ = art.adapter("bert", "lora")
+    with pytest.raises(InvalidOptionError, match=r"'.*no-such-base' does not exist"):
+        merge_adapter(str(tmp_path / "no-such-base"), adapter, tmp_path / "out")
+    with pytest.raises(InvalidOptionError, match="is an adapter directory"):
+        merge_adapter(str(adapter), adapter, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -34,6 +34,7 @@ from peftkit.io.files import MERGED_ADAPTERS_ATTR, follow_umask, remove_stale_te
 from peftkit.io.paths import WEIGHTS_FILE
 from peftkit.merge.fold import NOT_MERGEABLE_HINT, check_not_quantized, fold_adapter
 from peftkit.merge.options import DTYPE_NAMES
+from peftkit.model_path import model_path_problem
 from peftkit.models import TASKS, is_encoder_decoder, task_of_class, task_of_peft_type
 from peftkit.registry import get_method
 from peftkit.state import PEFT_KEY_PREFIX, get_state, unwrap_model
@@ -203,8 +204,15 @@ def load_base_for(
         InvalidOptionError: Unknown ``task`` or an architecture this transformers lacks.
 
     """
+    problem = model_path_problem(base_dir, name="Base model directory")  # missing, a file, an adapter, ...
+    if problem is not None:
+        raise InvalidOptionError(
+            f"{problem} peftkit merge needs the full-precision base the adapter was trained on."
+        )
     config_path = base_dir / "config.json"
-    if not config_path.is_file():
+    if (
+        not config_path.is_file()
+    ):  # a Hub id model_path_problem leaves to transformers: merge needs a directory
         raise InvalidOptionError(
             f"Base model directory {str(base_dir)!r} has no config.json: pass the directory saved with "
             "save_pretrained (the full-precision base the adapter was trained on)."
