@@ -132,7 +132,7 @@ def truncate_by_rank_pattern(
     out = dict(tensors)
     for key, mask in rank_pattern.items():
         module = key.rsplit(".", 1)[0]  # strip ".lora_E"
-        keep = torch.tensor(mask, dtype=torch.bool)
+        keep = torch.tensor(mask, dtype=torch.bool, device="cpu")  # file tensors are on the CPU
         for layer in ("lora_A", "lora_E", "lora_B"):
             name = f"{PEFT_KEY_PREFIX}{module}.{layer}"
             if name not in out:

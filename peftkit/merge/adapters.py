@@ -132,9 +132,11 @@ def _pad_rank(update: LowRank, rank: int, mask: list[bool] | None) -> LowRank:
         raise MergeError(
             f"An AdaLoRA module stores rank {update.rank} > init_r={rank}; the file is inconsistent."
         )
-    keep = torch.tensor(mask, dtype=torch.bool) if mask and len(mask) == rank else None
+    keep = (
+        torch.tensor(mask, dtype=torch.bool, device=update.A.device) if mask and len(mask) == rank else None
+    )
     if keep is None or int(keep.sum()) != update.rank:
-        keep = torch.arange(rank) < update.rank
+        keep = torch.arange(rank, device=update.A.device) < update.rank
     a = update.A.new_zeros(rank, update.A.shape[1])
     b = update.B.new_zeros(update.B.shape[0], rank)
     a[keep], b[:, keep] = update.A, update.B
@@ -179,7 +181,7 @@ def pack_low_rank(
         for module, update in updates.items():
             stem = f"{PEFT_KEY_PREFIX}{module}"
             tensors[stem + ".lora_A"] = update.A.to(dtype).contiguous()
-            tensors[stem + ".lora_E"] = torch.ones(rank, 1, dtype=dtype)
+            tensors[stem + ".lora_E"] = torch.ones(rank, 1, dtype=dtype, device=update.A.device)
             tensors[stem + ".lora_B"] = update.B.to(dtype).contiguous()
         target_r = min(int(options.get("target_r", rank)), rank)
         options.update(init_r=rank, target_r=target_r, alpha=float(rank))

@@ -327,8 +327,8 @@ def _probe_inputs(model: nn.Module) -> dict[str, torch.Tensor] | None:
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)
     if not vocab:
         return None
-    generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(min(3, vocab - 1), vocab, (2, 16), generator=generator)
+    generator = torch.Generator(device="cpu").manual_seed(0)  # the same probe ids on every device
+    ids = torch.randint(min(3, vocab - 1), vocab, (2, 16), generator=generator, device="cpu")
     device = next(model.parameters()).device
     return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids, device=device)}
 

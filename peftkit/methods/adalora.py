@@ -146,7 +146,8 @@ class AdaLoraHandle:
                 continue
             a, b = lora_a[self.adapter_name], layer.lora_B[self.adapter_name]
             for cov in (a @ a.T, b.T @ b):
-                penalties.append(torch.linalg.matrix_norm(cov - torch.eye(cov.shape[0], dtype=cov.dtype)))
+                eye = torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
+                penalties.append(torch.linalg.matrix_norm(cov - eye))
         if penalties:
             outputs.loss = loss + self.orth_reg_weight * torch.stack(penalties).mean()
 
