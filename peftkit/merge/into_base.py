@@ -212,7 +212,7 @@ def load_base_for(
     if base_config.get("quantization_config"):
         raise QuantizationError(
             f"{str(base_dir)!r} is a quantised checkpoint ({base_config['quantization_config'].get('quant_method')}): "
-            "merging into 8-bit weights would round the update away. Merge into the original fp32/bf16 base "
+            "merging into 8-bit or 4-bit weights would round the update away. Merge into the original fp32/bf16 base "
             "and quantise the merged model at load time (peftkit.load_base(merged, load_in_8bit=True))."
         )
     model_cls = _model_class(files, task, base_config, strict)
