@@ -101,7 +101,9 @@ def test_generation_on_an_8bit_base_runs_the_fast_int8_path(method: str, tiny_mo
 
     directory = tiny_model_dir("llama")
     model = peftkit.wrap(
-        load_base(directory, task="causal-lm", load_in_8bit=True), method, **METHOD_OPTIONS[method]
+        load_base(directory, task="causal-lm", load_in_8bit=True, device_map="cpu"),  # the CPU path
+        method,
+        **METHOD_OPTIONS[method],
     )
     fp32 = peftkit.wrap(make_model("llama"), method, **METHOD_OPTIONS[method])
     tokens, scores = generate(model.eval())
