@@ -29,6 +29,7 @@ from torch import nn
 
 from peftkit.errors import QuantizationError, did_you_mean
 from peftkit.quantization.fast_int8 import describe_int8_paths, enable_fast_int8, import_bitsandbytes
+from peftkit.quantization.lean_int8 import enable_lean_training
 from peftkit.quantization.prepare import enable_gradient_checkpointing, prepare_for_kbit_training
 from peftkit.quantization.streaming import pread_checkpoints
 
@@ -312,6 +313,7 @@ def load_base(
     if bits == 4 and on_cpu:
         _keep_4bit_weights_trainable_after_eval(layers)
     if bits == 8:
+        enable_lean_training(model)  # bitsandbytes would keep every 8-bit layer's input alive in training
         if fast_int8 is None:
             fast_int8 = on_cpu and compute_dtype == torch.float32
         if fast_int8:
