@@ -132,6 +132,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=4, help="memory probes at once (default 4)")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=float(os.environ.get("GPU_BENCH_S", 150)) - 10,
+        help="seconds for the whole run (default: $GPU_BENCH_S - 10, else 140); speed is skipped when short",
+    )
     parser.add_argument("--strict", action="store_true", help="exit 1 if a memory goal fails")
     return parser.parse_args(argv)
 
@@ -161,9 +167,17 @@ def main(argv: list[str] | None = None) -> int:
     def progress(message: str) -> None:
         print(f"[gpu-bench {time.perf_counter() - start:6.1f}s] {message}", file=sys.stderr, flush=True)
 
+    def save(result: dict[str, Any]) -> str:  # after each part: a timeout later keeps what was measured
+        result["elapsed_s"] = round(time.perf_counter() - start, 1)
+        (out / "gpu-bench.json").write_text(json.dumps(result, indent=1) + "\n")
+        text = render(result)
+        (out / "gpu-bench.md").write_text(text)
+        return text
+
     checkpoint = ensure_checkpoint(shape, args.checkpoint, device)  # on CUDA: built on the GPU
     progress(f"checkpoint ready: {checkpoint}")
     result: dict[str, Any] = {"benchmark": "gpu", "dry": args.dry, "machine": describe_machine(device)}
+    save(result)
     if not args.skip_memory:
         variants = MEMORY_VARIANTS if not args.dry else ["bf16", "peft-4bit"]  # both builders
         result["memory"] = run(
@@ -172,17 +186,18 @@ def main(argv: list[str] | None = None) -> int:
             variants=variants,
             checkpoint=str(checkpoint),
             jobs=args.jobs if not args.dry else 2,
-            timeout=300.0,
+            timeout=max(30.0, args.budget - (time.perf_counter() - start) - 10),
             progress=progress,
         )
-    if not args.skip_speed:
+        save(result)
+    left = args.budget - (time.perf_counter() - start)
+    if not args.skip_speed and left < 30:
+        result["speed"] = {"errors": {"all": f"skipped: {left:.0f} s of the {args.budget:.0f} s budget left"}}
+    elif not args.skip_speed:
         variants = SPEED_VARIANTS if not args.dry else ["bf16", "8bit", "4bit", "peft-8bit"]
         result["speed"] = measure_speed(str(checkpoint), device, variants, batch, seq_len, rounds)
         progress(f"speed: {result['speed'].get('speed_vs_bf16')}")
-    result["elapsed_s"] = round(time.perf_counter() - start, 1)
-    (out / "gpu-bench.json").write_text(json.dumps(result, indent=1) + "\n")
-    text = render(result)
-    (out / "gpu-bench.md").write_text(text)
+    text = save(result)
     print(text)
     print(f"Results: {out / 'gpu-bench.json'}, {out / 'gpu-bench.md'}")
     failed = [g for g in (result.get("memory") or {}).get("goals", []) if g["verdict"] == "FAIL"]

@@ -110,7 +110,7 @@ def test_quantized_memory_dry_run_measures_each_variant_in_its_own_process(tmp_p
 def test_gpu_benchmark_dry_run_writes_its_two_result_files(tmp_path):
     from benchmarks.gpu import main as gpu_main
 
-    assert gpu_main(["--dry", "--skip-memory", "--out", str(tmp_path)]) == 0
+    assert gpu_main(["--dry", "--skip-memory", "--budget", "3600", "--out", str(tmp_path)]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu-bench.json", "gpu-bench.md"]
     result = json.loads((tmp_path / "gpu-bench.json").read_text())
     speed = result["speed"]

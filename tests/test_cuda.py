@@ -1,10 +1,11 @@
-"""On a CUDA GPU: every built-in method x {fp32, bf16, 8-bit, 4-bit} x {bert, gpt2, llama} trains, saves,
+"""On a CUDA GPU: every built-in method x {fp32, bf16, 8-bit, 4-bit} x {bert, llama} trains, saves,
 reloads onto its own and onto another precision, and merges into the full-precision base (where
 mergeable); quantised bases run bf16 activations and log the CUDA path once, without per-matmul spam.
 
 Marked ``cuda`` and skipped without a GPU (``bash .gpu/run.sh`` runs them in a step of their own).
 The matrix cell is :func:`tests.quantized_support.train_save_move_merge`, the same function the CPU
-tests' numbers were checked with.
+tests' numbers were checked with. Two families (an encoder with a trained head, a decoder with its
+frozen LM head) keep the cuda step within its two minutes; GPT-2's Conv1D layers are covered on CPU.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 
 import peftkit
 from tests.quantized_support import builtin_methods, train_save_move_merge
-from tests.tiny_models import FAMILIES, make_batch, model_device
+from tests.tiny_models import make_batch, model_device
 
 pytestmark = [
     pytest.mark.cuda,
@@ -25,7 +26,7 @@ pytestmark = [
 ]
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", ["bert", "llama"])
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "8bit", "4bit"])
 @pytest.mark.parametrize("method", builtin_methods())
 def test_every_method_and_precision_trains_saves_moves_and_merges_on_cuda(

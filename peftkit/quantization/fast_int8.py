@@ -149,10 +149,11 @@ def _note_path(layer: nn.Module, path: str, reason: str) -> None:
         _logged.add((path, reason))
         if path == FAST:
             bits = 8 if kernels.activation_code_max() == 255 else 7
-            logger.info(
+            logger.debug(
                 "8-bit layers run the fast int8 CPU path (oneDNN, %d-bit per-token activations)", bits
             )
         else:
+            # once per reason: load_base's line named the fast path, this says where it cannot run
             logger.info("8-bit layers fall back to the bitsandbytes path (%s)", reason)
 
 
@@ -249,7 +250,7 @@ def enable_fast_int8(model: nn.Module, enabled: bool = True) -> nn.Module:
         logger.warning(
             "oneDNN int8 kernels are unavailable here: the 8-bit layers will use bitsandbytes' path"
         )
-    logger.info(
+    logger.debug(
         "fast int8 path %s on %d of %d 8-bit layers", "enabled" if enabled else "disabled", count, len(layers)
     )
     return model

@@ -15,6 +15,12 @@ handling, same numbers) inside an autograd function that saves nothing but the l
     backward  grad_x = grad_out @ dequant(W)                    (bitsandbytes' straight-through gradient)
               grad_bias = grad_out.sum(0)                       (if the bias is trained)
 
+On the CPU in training mode bitsandbytes' forward is ``x @ dequant(W).T`` with a freshly allocated
+dequantised weight (``MatMul8bitFp``); here the same operations write it into one per-thread
+scratch buffer instead, for the forward and the backward alike. Fresh multi-megabyte buffers at
+every matmul fragment glibc's heap: the resident set of a 1.1B 8-bit LoRA step grew by hundreds of
+megabytes that were free but never returned.
+
 The layer stays a ``bnb.nn.Linear8bitLt`` (peft's dispatch and its ``lora.bnb`` wrappers keep working;
 state dicts are unchanged). Inference forwards are bitsandbytes' own, untouched.
 """
@@ -27,6 +33,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from peftkit.quantization import activations
 
 logger = logging.getLogger(__name__)
 
@@ -43,14 +51,42 @@ def wants_grad(layer: nn.Module, x: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad))
 
 
-def dequantized_weight(layer: nn.Module, dtype: torch.dtype) -> torch.Tensor:
-    """``CB * SCB / 127`` of an 8-bit layer, ``(out, in)`` in ``dtype`` (a fresh tensor on the layer's device)."""
+def _codes(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """The int8 codes ``CB`` ``(out, in)`` and row absmax ``SCB`` of a quantised layer."""
     state = layer.state
     cb = state.CB if state.CB is not None else layer.weight.CB
     scb = state.SCB if state.SCB is not None else layer.weight.SCB
-    if cb is None:  # not initialised yet: the weight itself holds the codes
-        cb, scb = layer.weight.data, layer.weight.SCB
-    return cb.to(dtype).mul_((scb.to(torch.float32) / 127.0).to(dtype).unsqueeze(1))
+    if cb is None:  # bitsandbytes moved them to the state and cleared it: the weight holds the codes
+        cb = layer.weight.data
+    return cb, scb
+
+
+def dequantized_weight(layer: nn.Module, dtype: torch.dtype, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``CB * SCB / 127`` of an 8-bit layer, ``(out, in)`` in ``dtype``: bitsandbytes' own dequantisation.
+
+    Args:
+        layer: A quantised ``bnb.nn.Linear8bitLt``.
+        dtype: The result's dtype.
+        out: A buffer of that shape and dtype to write into (default: a fresh tensor on the layer's device).
+
+    """
+    cb, scb = _codes(layer)
+    weight = cb.to(dtype) if out is None else out.copy_(cb)
+    return weight.mul_(scb.unsqueeze(1).mul(1.0 / 127.0))
+
+
+_SCRATCH = activations._Workspace()
+
+
+def _cpu_training_forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Run bitsandbytes' CPU training forward (``MatMul8bitFp``) with its dequantised weight in a scratch buffer."""
+    if layer.weight.CB is not None:
+        layer.init_8bit_state()  # what bitsandbytes' forward does first
+    weight = dequantized_weight(
+        layer, x.dtype, _SCRATCH.get("dequant", (layer.out_features, layer.in_features), x.dtype)
+    )
+    bias = layer.bias
+    return nn.functional.linear(x, weight, None if bias is None else bias.to(x.dtype))
 
 
 class LeanInt8Function(torch.autograd.Function):
@@ -63,6 +99,8 @@ class LeanInt8Function(torch.autograd.Function):
         ctx.layer = layer
         ctx.input_dtype, ctx.input_shape = x.dtype, x.shape
         ctx.bias_dtype = None if bias is None else bias.dtype
+        if x.device.type == "cpu" and layer.training:
+            return _cpu_training_forward(layer, x)
         return bnb.nn.Linear8bitLt.forward(layer, x)  # grad mode is off in here: bitsandbytes keeps nothing
 
     @staticmethod
@@ -72,7 +110,11 @@ class LeanInt8Function(torch.autograd.Function):
         grad_x = grad_bias = None
         if ctx.needs_input_grad[0]:
             dtype = ctx.input_dtype if ctx.input_dtype in (torch.float16, torch.bfloat16) else torch.float32
-            weight = dequantized_weight(ctx.layer, dtype)
+            layer = ctx.layer
+            scratch = None
+            if grad_2d.device.type == "cpu":
+                scratch = _SCRATCH.get("dequant", (layer.out_features, layer.in_features), dtype)
+            weight = dequantized_weight(layer, dtype, scratch)
             grad_x = (grad_2d.to(dtype) @ weight).view(ctx.input_shape).to(ctx.input_dtype)
         if ctx.needs_input_grad[1]:
             grad_bias = grad_2d.sum(0).to(ctx.bias_dtype)

@@ -312,6 +312,8 @@ def load_base(
     on_cpu = _on_cpu(model)
     if bits == 4 and on_cpu:
         _keep_4bit_weights_trainable_after_eval(layers)
+    if on_cpu:
+        _return_freed_memory()
     if bits == 8:
         enable_lean_training(model)  # bitsandbytes would keep every 8-bit layer's input alive in training
         if fast_int8 is None:
@@ -336,3 +338,22 @@ def _keep_4bit_weights_trainable_after_eval(layers: list[nn.Module]) -> None:
     for layer in layers:
         if hasattr(layer, "support_avx512bf16_for_cpu"):
             layer.support_avx512bf16_for_cpu = False
+
+
+def _return_freed_memory() -> None:
+    """Hand the heap memory freed while quantising back to the OS (glibc's ``malloc_trim``).
+
+    Each weight passes through full-precision buffers while it is quantised; glibc keeps most of
+    what they freed (0.65 GB after an 8-bit load of a 1.1B model on CPU) for later allocations that
+    rarely fit it. A no-op where glibc is not the allocator.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        trim = ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        trim = None
+    if trim is not None:
+        trim(0)
