@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         print("benchmarks.gpu: no CUDA device here; use --dry for the CPU rehearsal", file=sys.stderr)
         return 2
     else:
-        device, shape, batch, seq_len, rounds = "cuda", TINYLLAMA_1B, 4, 256, args.rounds
+        device, shape, batch, seq_len, rounds = "cuda:0", TINYLLAMA_1B, 4, 256, args.rounds
     out = args.out or Path(os.environ.get("OUT") or "/tmp/peftkit-gpu-out")
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

@@ -106,7 +106,7 @@ def ensure_checkpoint(
     )
     model = build_random_llama(shape, device)
     target.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(target))
+    model.to("cpu").save_pretrained(str(target))  # initialised where it was built; written from host memory
     marker.write_text(json.dumps(shape))
     del model
     if torch.cuda.is_available():

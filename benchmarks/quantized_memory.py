@@ -401,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import torch
 
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = ("cuda:0" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     result = run(
         device,
         dry=args.dry,
