@@ -327,7 +327,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         "",
         f"Random Llama, {result['model']['parameters'] / 1e9:.2f}B parameters; one LoRA step, batch "
         f"{step['batch']}x{step['seq_len']}, gradient checkpointing {'on' if step['gradient_checkpointing'] else 'off'} "
-        f"on every side; memory: {result['memory']}"
+        f"for every variant; memory: {result['memory']}"
         + (
             f" (glibc MALLOC_MMAP_THRESHOLD_={result['malloc_mmap_threshold']})."
             if result.get("malloc_mmap_threshold")
@@ -414,10 +414,10 @@ def main(argv: list[str] | None = None) -> int:
         progress=lambda m: print(m, file=sys.stderr, flush=True),
         malloc_mmap_threshold=args.malloc_mmap_threshold,
     )
+    suffix = ("-dry" if args.dry else "") + ("-mmap-threshold" if args.malloc_mmap_threshold else "")
     out = (
         args.out
-        or RESULTS_DIR
-        / f"quantized-memory-{result['machine']['slug']}-{result['date']}{'-dry' if args.dry else ''}.json"
+        or RESULTS_DIR / f"quantized-memory-{result['machine']['slug']}-{result['date']}{suffix}.json"
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
