@@ -122,7 +122,7 @@ def save_resume_file(model: nn.Module, path: Path) -> None:
     tensors[METHOD_VALUES_KEY] = torch.frombuffer(
         bytearray(json.dumps(values).encode("utf-8")), dtype=torch.uint8
     )
-    tensors[TRAINABLE_ONLY_KEY] = torch.ones(1, dtype=torch.uint8)
+    tensors[TRAINABLE_ONLY_KEY] = torch.ones(1, dtype=torch.uint8, device="cpu")  # a file marker
     save_file({k: v.to("cpu").contiguous().clone() for k, v in tensors.items()}, str(path))
 
 

@@ -241,7 +241,7 @@ def training_function(config: ClmConfig) -> int:
         train_dl, heldout_dl, heldout_size = get_dataloaders(config, tokenizer)
 
     load_clock = common.Stopwatch()
-    model = common.load_pretrained(config, model_path, "causal-lm", **load_options)
+    model = common.load_pretrained(config, model_path, "causal-lm", accelerator.device, **load_options)
     load_seconds = load_clock.seconds()
     params = common.apply_method(model, config, train_dl, accelerator)
     compute_metrics = make_compute_metrics(heldout_size)

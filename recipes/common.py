@@ -239,19 +239,36 @@ def check_max_length(config: RecipeConfig, model_config: Mapping[str, Any]) -> N
         )
 
 
-def load_pretrained(config: RecipeConfig, path: str, task: str, **kwargs: Any) -> nn.Module:
-    """Load the base model for ``task`` in fp32, or in 8 bits with ``config.load_in_8bit``.
+def load_pretrained(
+    config: RecipeConfig, path: str, task: str, device: torch.device | str | None = None, **kwargs: Any
+) -> nn.Module:
+    """Load the base model for ``task``: full precision, or 8-bit / 4-bit as ``config`` says.
 
     Args:
-        config: Provides ``load_in_8bit`` and ``max_length`` (checked against the model's positions).
+        config: Provides ``load_in_8bit``, ``load_in_4bit``, ``base_dtype``, ``gradient_checkpointing``
+            and ``max_length`` (checked against the model's positions).
         path: Model directory.
         task: ``"token-classification"``, ``"sequence-classification"`` or ``"causal-lm"``.
+        device: The run's device (``accelerator.device``): a quantised base is loaded straight onto it
+            (Accelerate does not move quantised models); full-precision bases are moved by ``prepare``.
         **kwargs: Passed to ``from_pretrained`` (e.g. ``num_labels``, ``id2label``, ``gguf_file``).
 
     """
     from peftkit.quantization import load_base
 
-    model = load_base(path, task=task, load_in_8bit=config.load_in_8bit, **kwargs)
+    quantized = config.load_in_8bit or config.load_in_4bit
+    if config.base_dtype is not None:
+        kwargs["dtype"] = getattr(torch, config.base_dtype)
+    if quantized and device is not None:
+        kwargs["device_map"] = {"": str(device)}
+    model = load_base(
+        path,
+        task=task,
+        load_in_8bit=config.load_in_8bit,
+        load_in_4bit=config.load_in_4bit,
+        gradient_checkpointing=config.gradient_checkpointing,
+        **kwargs,
+    )
     check_max_length(config, model.config.to_dict())
     return model
 

@@ -112,7 +112,11 @@ def training_function(config: SentimentConfig) -> int:
 
     set_seed(config.seed)
     model = common.load_pretrained(
-        config, model_path, "sequence-classification", **common.label_options(SENTIMENT_LABELS)
+        config,
+        model_path,
+        "sequence-classification",
+        accelerator.device,
+        **common.label_options(SENTIMENT_LABELS),
     )
     params = common.apply_method(model, config, train_dl, accelerator)
     train_clock = common.Stopwatch()

@@ -52,6 +52,9 @@ def test_defaults_yaml_then_command_line(tmp_path):
         (["--max-train-samples", "100"], "max_train_samples", 100),
         (["--max-train-samples", "none"], "max_train_samples", None),
         (["--load-in-8bit"], "load_in_8bit", True),
+        (["--load-in-4bit"], "load_in_4bit", True),
+        (["--base-dtype", "bfloat16"], "base_dtype", "bfloat16"),
+        (["--gradient-checkpointing"], "gradient_checkpointing", True),
         (["--no-checkpoint-trainable-only"], "checkpoint_trainable_only", False),
         (["--output-dir", "runs/x"], "output_dir", "runs/x"),
         (["--seed", "1"], "seed", 1),
@@ -64,6 +67,13 @@ def test_defaults_yaml_then_command_line(tmp_path):
 )
 def test_every_field_has_a_flag(argv, field, expected):
     assert getattr(parse_config(NerConfig, argv), field) == expected
+
+
+def test_8bit_and_4bit_together_are_refused_with_the_fix():
+    with pytest.raises(ConfigError, match="--load-in-8bit / --load-in-4bit"):
+        parse_config(NerConfig, ["--load-in-8bit", "--load-in-4bit"])
+    with pytest.raises(ConfigError, match="bfloat16"):
+        parse_config(NerConfig, ["--base-dtype", "int8"])
 
 
 def test_unknown_yaml_key_names_key_file_line_and_suggestion(tmp_path):

@@ -107,7 +107,11 @@ def test_generation_on_an_8bit_base_runs_the_fast_int8_path(method: str, tiny_mo
     from peftkit.quantization import describe_int8_paths, load_base
 
     directory = tiny_model_dir("llama")
-    model = peftkit.wrap(load_base(directory, task="causal-lm", load_in_8bit=True), method, **options(method))
+    model = peftkit.wrap(
+        load_base(directory, task="causal-lm", load_in_8bit=True, device_map="cpu"),  # the CPU path
+        method,
+        **options(method),
+    )
     fp32 = peftkit.wrap(make_model("llama"), method, **options(method))
     tokens, scores = generate(model.eval())
     uncached_tokens, uncached_scores = generate(model, use_cache=False)

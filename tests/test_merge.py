@@ -26,7 +26,7 @@ from peftkit.io import load_adapter, read_adapter_dir, save_adapter
 from peftkit.merge import combine_adapters, merge_adapter
 from peftkit.merge.adapters import view_adapter
 from peftkit.merge.describe import describe_adapter
-from tests.tiny_models import make_batch, make_model, save_tiny_model
+from tests.tiny_models import make_batch, make_model, model_device, save_tiny_model
 
 OPTIONS = {"lora": {}, "adalora": {"total_step": 20}, "adapter": {}}
 AUTO = {
@@ -38,18 +38,19 @@ AUTO = {
 
 def perturb(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     """Stand-in for training: move every trainable parameter (LoRA B starts at zero)."""
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device="cpu").manual_seed(seed)  # the same numbers on every device
     with torch.no_grad():
         for _, param in sorted(model.named_parameters()):
             if param.requires_grad:
-                param.add_(0.1 * torch.randn(param.shape, generator=generator))
+                noise = torch.randn(param.shape, generator=generator, device="cpu")
+                param.add_(0.1 * noise.to(param.device))
     return model.eval()
 
 
 def logits(model: torch.nn.Module, family: str) -> torch.Tensor:
-    batch = {k: v for k, v in make_batch(family).items() if k != "labels"}
+    batch = {k: v for k, v in make_batch(family, device=model_device(model)).items() if k != "labels"}
     with torch.no_grad():
-        return model(**batch).logits.float()
+        return model(**batch).logits.float().cpu()
 
 
 class Artefacts:

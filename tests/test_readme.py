@@ -66,11 +66,17 @@ def test_trainer_example(bert_checkpoint: str, tmp_path: Path) -> None:
     assert (tmp_path / "out" / "trainer" / "checkpoint-10" / "model.safetensors").is_file()
 
 
-def test_8bit_example(bert_checkpoint: str) -> None:
+def test_8bit_and_4bit_example(bert_checkpoint: str) -> None:
     pytest.importorskip("bitsandbytes")
-    model = run_example("## 8-bit bases", bert_checkpoint)["model"]
+    namespace = run_example("## 8-bit and 4-bit bases", bert_checkpoint)
+    model, small, nf4 = namespace["model"], namespace["small"], namespace["nf4"]
     assert any(p.dtype == torch.int8 for p in model.parameters())
     assert model.classifier.weight.dtype == torch.float32 and model.classifier.weight.requires_grad
+    assert any(p.dtype == torch.int8 for p in small.parameters())
+    assert small.bert.embeddings.word_embeddings.weight.dtype == torch.bfloat16
+    assert any(p.dtype == torch.uint8 for p in nf4.parameters())  # packed NF4 codes
+    for base in (small, nf4):
+        assert base.classifier.weight.dtype == torch.float32 and base.classifier.weight.requires_grad
 
 
 def test_every_test_the_readme_cites_exists() -> None:

@@ -414,6 +414,21 @@ def test_clm_recipe_lowers_perplexity_and_its_adalora_adapter_reproduces_it(
     assert_samples_are_greedy_continuations(metrics["samples"], tiny_gpt2, out / "adapter", text_file)
 
 
+def test_clm_recipe_trains_on_a_4bit_base_with_gradient_checkpointing(
+    tiny_gpt2: Path, text_file: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("bitsandbytes")
+    out = tmp_path / "clm4"
+    flags = ("--load-in-4bit", "--gradient-checkpointing")  # AdaLoRA, the recipe's method
+    done = launch("clm_adalora.py", 1, *clm_args(tiny_gpt2, text_file, out, *flags))
+    metrics = read_metrics(out)
+    assert metrics["after"]["perplexity"] < metrics["before"]["perplexity"]
+    assert metrics["config"]["load_in_4bit"] and metrics["config"]["gradient_checkpointing"]
+    log = done.stderr
+    assert "4-bit NF4 base on cpu" in log and "compute dtype bfloat16" in log
+    assert "gradient checkpointing on" in log
+
+
 def assert_samples_are_greedy_continuations(
     samples: list, model_dir: Path, adapter: Path, text: Path
 ) -> None:

@@ -109,7 +109,13 @@ class RecipeConfig(TrainConfig):
         dropout: Adapter dropout (``None``: the method's default).
         target_modules: Module-name suffixes to adapt (``None``: the architecture's defaults).
         method_options: Further method options passed to :func:`peftkit.wrap`.
-        load_in_8bit: Load the base model in 8 bits with bitsandbytes.
+        load_in_8bit: Load the base model's linear layers in 8 bits (bitsandbytes LLM.int8()).
+        load_in_4bit: Load them in 4 bits (NF4, QLoRA's format) instead.
+        base_dtype: Precision of the base's unquantised weights and of the activations (the compute
+            dtype): ``float32``, ``bfloat16`` (halves what is not quantised: the memory-saving setting)
+            or ``float16``; ``None``: float32, or bfloat16 for 4-bit bases.
+        gradient_checkpointing: Recompute activations in the backward pass instead of keeping them
+            (less memory, about a third more compute).
         max_length: Maximum tokens per training example.
         max_train_samples: Use only the first N training examples.
         max_eval_samples: Use only the first N evaluation examples.
@@ -124,6 +130,9 @@ class RecipeConfig(TrainConfig):
     target_modules: list[str] | None = None
     method_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     load_in_8bit: bool = False
+    load_in_4bit: bool = False
+    base_dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    gradient_checkpointing: bool = False
     max_length: int = 128
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
@@ -140,6 +149,10 @@ class RecipeConfig(TrainConfig):
                 _at_least(self, name, 1, "1000")
         if self.r is not None:
             _at_least(self, "r", 1, "8")
+        if self.load_in_8bit and self.load_in_4bit:
+            raise ConfigError(
+                "load_in_8bit and load_in_4bit are both set: pass one of --load-in-8bit / --load-in-4bit."
+            )
         import peftkit
 
         known = peftkit.methods()

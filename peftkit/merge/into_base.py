@@ -221,7 +221,7 @@ def load_base_for(
     if base_config.get("quantization_config"):
         raise QuantizationError(
             f"{str(base_dir)!r} is a quantised checkpoint ({base_config['quantization_config'].get('quant_method')}): "
-            "merging into 8-bit weights would round the update away. Merge into the original fp32/bf16 base "
+            "merging into 8-bit or 4-bit weights would round the update away. Merge into the original fp32/bf16 base "
             "and quantise the merged model at load time (peftkit.load_base(merged, load_in_8bit=True))."
         )
     model_cls = _model_class(files, task, base_config, strict)
@@ -320,7 +320,7 @@ def _probe_inputs(model: nn.Module) -> dict[str, torch.Tensor] | None:
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)
     if not vocab:
         return None
-    generator = torch.Generator().manual_seed(0)  # on the CPU: the same probe on every device
+    generator = torch.Generator(device="cpu").manual_seed(0)  # the same probe ids on every device
     ids = torch.randint(min(3, vocab - 1), vocab, (2, 16), generator=generator, device="cpu")
     device = next(model.parameters()).device
     probe = {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids, device=device)}
