@@ -126,3 +126,46 @@ def test_ordered_restores_data_set_order_and_rejects_missing_or_duplicated_examp
 
 class _OneProcess:
     num_processes = 1
+
+
+@pytest.mark.parametrize(
+    ("given", "missing"),
+    [
+        (["train"], "--valid-file and --test-file not"),
+        (["train", "valid"], "--test-file not"),
+        (["test"], "--train-file and --valid-file not"),
+    ],
+)
+def test_a_partial_set_of_data_files_is_refused_naming_the_missing_options(
+    recipes, tmp_path: Path, given: list[str], missing: str
+) -> None:
+    argv = [arg for split in given for arg in (f"--{split}-file", str(tmp_path / f"{split}.txt"))]
+    with pytest.raises(ConfigError, match=f"given but {missing}: pass all three files"):
+        recipes["common"].parse_args(recipes["ner_lora"].NerConfig, argv, "ner_lora.yaml")
+
+
+def test_the_users_files_are_read_alone_never_mixed_with_conll(recipes, tmp_path: Path) -> None:
+    ner = recipes["ner_lora"]
+    files = {}
+    for split, word in (("train", "rex"), ("valid", "tom"), ("test", "kim")):
+        files[split] = tmp_path / f"{split}.txt"
+        files[split].write_text(f"{word} B-ANIMAL\nruns O\n\nhello O\n", encoding="utf-8")
+    argv = [arg for split, path in files.items() for arg in (f"--{split}-file", str(path))]
+    config = recipes["common"].parse_args(ner.NerConfig, argv, "ner_lora.yaml")
+    splits = ner.read_splits(config)
+    assert {name: [s.words for s in sentences] for name, sentences in splits.items()} == {
+        "train": [("rex", "runs"), ("hello",)],
+        "valid": [("tom", "runs"), ("hello",)],
+        "test": [("kim", "runs"), ("hello",)],
+    }
+
+
+def test_head_bias_prior_starts_the_head_at_the_log_class_frequencies(recipes) -> None:
+    model = make_model("bert")  # 5 token labels
+    assert recipes["common"].init_head_bias(model, [96, 0, 1, 2, 1]) == "classifier"
+    expected = torch.log(torch.tensor([97.0, 1, 2, 3, 2]) / 105)
+    torch.testing.assert_close(model.classifier.bias.detach(), expected)
+    probabilities = torch.softmax(model.classifier.bias.detach(), -1)
+    assert probabilities[0].item() == pytest.approx(97 / 105)
+    with pytest.raises(ConfigError, match="needs a linear task head with 3 outputs"):
+        recipes["common"].init_head_bias(model, [1, 2, 3])
