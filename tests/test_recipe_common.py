@@ -169,3 +169,26 @@ def test_head_bias_prior_starts_the_head_at_the_log_class_frequencies(recipes) -
     assert probabilities[0].item() == pytest.approx(97 / 105)
     with pytest.raises(ConfigError, match="needs a linear task head with 3 outputs"):
         recipes["common"].init_head_bias(model, [1, 2, 3])
+
+
+def test_ner_loss_options_weight_o_and_smooth_the_labels(recipes) -> None:
+    ner = recipes["ner_lora"]
+    labels = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+    plain = recipes["common"].parse_args(ner.NerConfig, [], "ner_lora.yaml")
+    assert ner.make_compute_loss(plain, labels) is None  # the model's own loss
+    config = recipes["common"].parse_args(
+        ner.NerConfig, ["--o-weight", "0.25", "--label-smoothing", "0.1"], "ner_lora.yaml"
+    )
+    model = make_model("bert").eval()
+    batch = {"input_ids": torch.tensor([[2, 7, 9, 4]]), "labels": torch.tensor([[-100, 0, 1, 0]])}
+    loss = ner.make_compute_loss(config, labels)(model, dict(batch))
+    logits = model(input_ids=batch["input_ids"]).logits[0, 1:]
+    # Weighted mean over the 3 labelled pieces (O weighs 0.25); the smoothing mass 0.1 is spread over
+    # the 5 classes, each term weighted by its class's weight (torch's semantics).
+    log_p = torch.log_softmax(logits, -1)
+    weights, targets = torch.tensor([0.25, 1.0, 0.25]), torch.tensor([0, 1, 0])
+    smoothed = -0.1 * (log_p * torch.tensor([0.25, 1, 1, 1, 1])).sum(-1) / 5
+    expected = ((-0.9 * log_p[torch.arange(3), targets]) * weights + smoothed).sum() / weights.sum()
+    torch.testing.assert_close(loss, expected)
+    with pytest.raises(ConfigError, match="o_weight=0.0 must be > 0"):
+        recipes["common"].parse_args(ner.NerConfig, ["--o-weight", "0"], "ner_lora.yaml")
