@@ -282,6 +282,46 @@ def label_options(labels: Sequence[str]) -> dict[str, Any]:
     }
 
 
+def init_head_bias(model: nn.Module, counts: Sequence[float]) -> str:
+    """Set the task head's output bias to the log class frequencies of the training labels.
+
+    A new head starts with a zero bias, i.e. with uniform class probabilities. On data where one
+    class dominates (``O`` in NER: ~95% of the words of a tweet set), the first steps then spend
+    the training signal on learning that prior; set here, the head predicts the prior at step 0.
+    One count is added to every class (unseen classes get a small, finite bias).
+
+    Args:
+        model: The model before :func:`apply_method` (the adapter's head copy starts from it).
+        counts: Training examples per class, in label-id order.
+
+    Returns:
+        The name of the head module whose bias was set.
+
+    Raises:
+        ConfigError: The model has no linear head with one output per class.
+
+    """
+    from peftkit.targets import head_module_names
+
+    for name in head_module_names(model):
+        head = model.get_submodule(name)
+        layers = (
+            [m for m in head.modules() if isinstance(m, nn.Linear)]
+            if not isinstance(head, nn.Linear)
+            else [head]
+        )
+        last = layers[-1] if layers else None
+        if last is not None and last.bias is not None and last.out_features == len(counts):
+            freq = torch.tensor([c + 1.0 for c in counts], dtype=torch.float64)
+            with torch.no_grad():
+                last.bias.copy_(torch.log(freq / freq.sum()).to(last.bias.dtype))
+            return name
+    raise ConfigError(
+        f"head_bias=prior needs a linear task head with {len(counts)} outputs and a bias; this model has "
+        f"none ({head_module_names(model)}): use head_bias=zero."
+    )
+
+
 def apply_method(
     model: nn.Module, config: RecipeConfig, train_dl: DataLoader, accelerator: Accelerator
 ) -> dict[str, int]:
@@ -475,6 +515,8 @@ def start_run(config: RecipeConfig) -> tuple[Accelerator, Stopwatch]:
 def training_record(result: TrainResult, train_clock: Stopwatch) -> dict[str, Any]:
     """What a finished training reports: steps, final loss, wall and CPU seconds, median tokens/s.
 
+    Also which evaluation's weights were kept (``selected``: with ``select_best``, else ``None``)
+    and the warnings of the run (e.g. an evaluation where the model predicted a single class).
     Call it right after training, before any further evaluation, so the seconds are training's own.
     """
     rates = sorted(r["tokens_per_s"] for r in result.history if "tokens_per_s" in r)
@@ -484,6 +526,8 @@ def training_record(result: TrainResult, train_clock: Stopwatch) -> dict[str, An
         "train_seconds": train_clock.seconds(),
         "train_cpu_seconds": train_clock.cpu_seconds(),
         "train_tokens_per_s_median": rates[len(rates) // 2] if rates else None,
+        "selected": result.best,
+        "warnings": result.warnings,
     }
 
 

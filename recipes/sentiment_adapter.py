@@ -37,6 +37,7 @@ from peftkit.data import (
 )
 from peftkit.metrics import classification_scores
 from peftkit.training import evaluate, train
+from peftkit.training.selection import PREDICTED_CLASSES
 
 logger = logging.getLogger("sentiment_adapter")
 
@@ -91,12 +92,17 @@ def eval_step(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[st
 
 
 def make_compute_metrics(size: int):
-    """Whole-set accuracy, macro F1, positive-class F1 and mean loss over ``size`` examples."""
+    """Whole-set accuracy, macro F1, positive-class F1, mean loss and distinct predicted classes over ``size`` examples."""
 
     def compute_metrics(outputs: dict[str, list[torch.Tensor]]) -> dict[str, float]:
         rows = common.ordered(outputs, size)
-        scores = classification_scores(torch.stack(rows["labels"]), torch.stack(rows["predictions"]))
-        return {**scores, "loss": torch.stack(rows["loss"]).mean().item()}
+        predictions = torch.stack(rows["predictions"])
+        scores = classification_scores(torch.stack(rows["labels"]), predictions)
+        return {
+            **scores,
+            "loss": torch.stack(rows["loss"]).mean().item(),
+            PREDICTED_CLASSES: predictions.unique().numel(),
+        }
 
     return compute_metrics
 

@@ -126,3 +126,69 @@ def test_ordered_restores_data_set_order_and_rejects_missing_or_duplicated_examp
 
 class _OneProcess:
     num_processes = 1
+
+
+@pytest.mark.parametrize(
+    ("given", "missing"),
+    [
+        (["train"], "--valid-file and --test-file not"),
+        (["train", "valid"], "--test-file not"),
+        (["test"], "--train-file and --valid-file not"),
+    ],
+)
+def test_a_partial_set_of_data_files_is_refused_naming_the_missing_options(
+    recipes, tmp_path: Path, given: list[str], missing: str
+) -> None:
+    argv = [arg for split in given for arg in (f"--{split}-file", str(tmp_path / f"{split}.txt"))]
+    with pytest.raises(ConfigError, match=f"given but {missing}: pass all three files"):
+        recipes["common"].parse_args(recipes["ner_lora"].NerConfig, argv, "ner_lora.yaml")
+
+
+def test_the_users_files_are_read_alone_never_mixed_with_conll(recipes, tmp_path: Path) -> None:
+    ner = recipes["ner_lora"]
+    files = {}
+    for split, word in (("train", "rex"), ("valid", "tom"), ("test", "kim")):
+        files[split] = tmp_path / f"{split}.txt"
+        files[split].write_text(f"{word} B-ANIMAL\nruns O\n\nhello O\n", encoding="utf-8")
+    argv = [arg for split, path in files.items() for arg in (f"--{split}-file", str(path))]
+    config = recipes["common"].parse_args(ner.NerConfig, argv, "ner_lora.yaml")
+    splits = ner.read_splits(config)
+    assert {name: [s.words for s in sentences] for name, sentences in splits.items()} == {
+        "train": [("rex", "runs"), ("hello",)],
+        "valid": [("tom", "runs"), ("hello",)],
+        "test": [("kim", "runs"), ("hello",)],
+    }
+
+
+def test_head_bias_prior_starts_the_head_at_the_log_class_frequencies(recipes) -> None:
+    model = make_model("bert")  # 5 token labels
+    assert recipes["common"].init_head_bias(model, [96, 0, 1, 2, 1]) == "classifier"
+    expected = torch.log(torch.tensor([97.0, 1, 2, 3, 2]) / 105)
+    torch.testing.assert_close(model.classifier.bias.detach(), expected)
+    probabilities = torch.softmax(model.classifier.bias.detach(), -1)
+    assert probabilities[0].item() == pytest.approx(97 / 105)
+    with pytest.raises(ConfigError, match="needs a linear task head with 3 outputs"):
+        recipes["common"].init_head_bias(model, [1, 2, 3])
+
+
+def test_ner_loss_options_weight_o_and_smooth_the_labels(recipes) -> None:
+    ner = recipes["ner_lora"]
+    labels = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+    plain = recipes["common"].parse_args(ner.NerConfig, [], "ner_lora.yaml")
+    assert ner.make_compute_loss(plain, labels) is None  # the model's own loss
+    config = recipes["common"].parse_args(
+        ner.NerConfig, ["--o-weight", "0.25", "--label-smoothing", "0.1"], "ner_lora.yaml"
+    )
+    model = make_model("bert").eval()
+    batch = {"input_ids": torch.tensor([[2, 7, 9, 4]]), "labels": torch.tensor([[-100, 0, 1, 0]])}
+    loss = ner.make_compute_loss(config, labels)(model, dict(batch))
+    logits = model(input_ids=batch["input_ids"]).logits[0, 1:]
+    # Weighted mean over the 3 labelled pieces (O weighs 0.25); the smoothing mass 0.1 is spread over
+    # the 5 classes, each term weighted by its class's weight (torch's semantics).
+    log_p = torch.log_softmax(logits, -1)
+    weights, targets = torch.tensor([0.25, 1.0, 0.25]), torch.tensor([0, 1, 0])
+    smoothed = -0.1 * (log_p * torch.tensor([0.25, 1, 1, 1, 1])).sum(-1) / 5
+    expected = ((-0.9 * log_p[torch.arange(3), targets]) * weights + smoothed).sum() / weights.sum()
+    torch.testing.assert_close(loss, expected)
+    with pytest.raises(ConfigError, match="o_weight=0.0 must be > 0"):
+        recipes["common"].parse_args(ner.NerConfig, ["--o-weight", "0"], "ner_lora.yaml")

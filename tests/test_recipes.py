@@ -260,6 +260,43 @@ def test_ner_recipe_counts_every_sentence_once_and_its_adapter_reproduces_the_me
     assert again["loss"] == pytest.approx(metrics["test"]["loss"], rel=1e-4)
 
 
+def test_ner_recipe_keeps_the_best_epoch_and_warns_when_only_one_tag_is_predicted(
+    tiny_bert: Path, conll_files: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "best"
+    launch(
+        "ner_lora.py", 1, *ner_args(tiny_bert, conll_files, out, "--select-best", "f1", "--head-bias", "zero")
+    )
+    metrics = read_metrics(out)
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    evaluations = {r["step"]: r["eval"]["f1"] for r in lines if "eval" in r}
+    single = [r["step"] for r in lines if "eval" in r and r["eval"]["predicted_classes"] == 1]
+    assert len(evaluations) == 8  # one per epoch
+    best_step = max(evaluations, key=lambda step: (evaluations[step], -step))  # the earliest best
+    selected = metrics["selected"]
+    assert (selected["metric"], selected["step"], selected["value"]) == (
+        "f1",
+        best_step,
+        evaluations[best_step],
+    )
+    assert selected["epoch"] == best_step / 7 and selected["last_step"] == 56  # 7 steps per epoch
+    assert metrics["valid"]["f1"] == evaluations[best_step]
+    # The saved adapter is the kept epoch's: it reproduces that evaluation's valid scores.
+    again = ner_metrics_from_adapter(tiny_bert, out / "adapter", conll_files["valid"], metrics["labels"])
+    assert again["f1"] == pytest.approx(metrics["valid"]["f1"], abs=1e-9)
+    assert [w["step"] for w in metrics["warnings"]] == single  # evaluations that said "O" for every word
+
+    only_o = tmp_path / "only_o.txt"  # a training set without entities: the model learns to say O
+    only_o.write_text("\n\n".join(f"{w} O\nsaid O" for w in FILLER * 4) + "\n", encoding="utf-8")
+    silent = tmp_path / "silent"
+    launch("ner_lora.py", 1, *ner_args(tiny_bert, {**conll_files, "train": only_o}, silent, "--epochs", 2))
+    metrics = read_metrics(silent)
+    assert metrics["valid"]["predicted_classes"] == 1 and metrics["valid"]["f1"] == 0.0
+    assert [w["kind"] for w in metrics["warnings"]] == ["single_class", "single_class"]
+    assert metrics["warnings"][0]["epoch"] == 1.0
+    assert "predicts a single class" in metrics["warnings"][0]["message"]
+
+
 def test_ner_recipe_evaluates_a_saved_adapter_on_the_fp32_and_the_8bit_base(
     tiny_bert: Path, conll_files: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -351,7 +388,8 @@ def test_sentiment_recipe_scores_the_whole_split_and_its_adapter_reproduces_them
     labels = torch.tensor([e.label for e in test])
     again = classification_scores(labels, torch.stack(logits).argmax(-1))
     loss = torch.nn.functional.cross_entropy(torch.stack(logits), labels).item()
-    assert {**again, "loss": loss} == pytest.approx(metrics["test"], rel=1e-4)
+    predicted = {"predicted_classes": torch.stack(logits).argmax(-1).unique().numel()}
+    assert {**again, "loss": loss, **predicted} == pytest.approx(metrics["test"], rel=1e-4)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,6 +21,8 @@ class TrainConfig:
         epochs: Passes over the training set.
         max_steps: Stop after this many optimizer steps (``None``: run all epochs).
         lr: Peak learning rate.
+        head_lr: Peak learning rate of the task head (``classifier``, ``score``, ...; ``None``: ``lr``).
+            A new, randomly initialised head on a frozen backbone may need a larger one than the adapter.
         weight_decay: AdamW weight decay (not applied to biases and norms).
         lr_schedule: ``"linear"`` (warm-up then linear decay to 0) or ``"constant"`` (after warm-up).
         warmup_ratio: Fraction of the optimizer steps used for linear warm-up.
@@ -31,6 +33,8 @@ class TrainConfig:
         max_grad_norm: Gradient clipping norm; 0 disables clipping (the norm is still checked).
         log_every: Log loss, learning rate and tokens/s every N optimizer steps.
         eval_every: Evaluate every N optimizer steps (0: at the end of every epoch only).
+        select_best: Evaluation metric to maximise (e.g. ``"f1"``): training ends with the weights of
+            the evaluation that scored best on it, not the last one (``None``: keep the last).
         checkpoint_every: Save a checkpoint every N optimizer steps (0: no periodic checkpoints).
         keep_checkpoints: How many of the newest checkpoints to keep.
         checkpoint_trainable_only: Store only trainable weights (plus optimizer etc.) in checkpoints.
@@ -47,6 +51,7 @@ class TrainConfig:
     epochs: int = 3
     max_steps: int | None = None
     lr: float = 5e-4
+    head_lr: float | None = None
     weight_decay: float = 0.0
     lr_schedule: Literal["linear", "constant"] = "linear"
     warmup_ratio: float = 0.0
@@ -57,6 +62,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     log_every: int = 10
     eval_every: int = 0
+    select_best: str | None = None
     checkpoint_every: int = 0
     keep_checkpoints: int = 2
     checkpoint_trainable_only: bool = True
@@ -87,6 +93,8 @@ class TrainConfig:
             _at_least(self, "warmup_steps", 0, "100")
         if not 0 < self.lr < math.inf:
             raise ConfigError(f"lr={self.lr} must be > 0 and finite: pass e.g. --lr 5e-4.")
+        if self.head_lr is not None and not 0 < self.head_lr < math.inf:
+            raise ConfigError(f"head_lr={self.head_lr} must be > 0 and finite: pass e.g. --head-lr 5e-3.")
         if not 0 <= self.seed < 2**32:
             raise ConfigError(f"seed={self.seed} must lie in [0, 2**32): pass e.g. --seed 42.")
         if not 0.0 <= self.warmup_ratio < 1.0:

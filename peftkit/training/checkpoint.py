@@ -7,6 +7,7 @@ Layout of ``<output_dir>/checkpoints``::
         optimizer.bin             optimizer state (loaded with weights_only=True)
         random_states_<rank>.pkl  Python/NumPy/torch RNG of every process (Accelerate)
         method_state.safetensors  e.g. AdaLoRA's sensitivity averages (if any)
+        best.safetensors          the best evaluation's trainable state (with select_best, see .selection)
         peftkit_state.json        step counters, scheduler, data position; written last
     .tmp-step-400/                being written; renamed to step-400 with os.replace when done
     .old-step-100/                pruned or replaced; renamed aside first, then deleted
@@ -48,6 +49,7 @@ logger = logging.getLogger(__name__)
 
 STATE_FILE = "peftkit_state.json"
 METHOD_STATE_FILE = "method_state.safetensors"
+BEST_STATE_FILE = "best.safetensors"
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -102,7 +104,7 @@ def _move_aside(checkpoint: Path) -> Path:
     return aside
 
 
-def _kept_names(model: nn.Module) -> set[str]:
+def trainable_state_names(model: nn.Module) -> set[str]:
     """Names stored by a trainable-only checkpoint: trainable parameters and persistent buffers."""
     names = {name for name, p in model.named_parameters() if p.requires_grad}
     state_keys = set(model.state_dict().keys())
@@ -112,7 +114,7 @@ def _kept_names(model: nn.Module) -> set[str]:
 
 def frozen_fingerprint(model: nn.Module) -> str:
     """Hash (name, dtype, shape, bytes) of every state tensor a trainable-only checkpoint omits."""
-    kept = _kept_names(model)
+    kept = trainable_state_names(model)
     digest = hashlib.blake2b(digest_size=16)
     for name, tensor in sorted(model.state_dict().items()):
         if name in kept or not isinstance(tensor, torch.Tensor):
@@ -125,7 +127,7 @@ def frozen_fingerprint(model: nn.Module) -> str:
 
 def _trainable_mismatch(stored: dict[str, tuple[int, ...]], model: nn.Module) -> str | None:
     """How a checkpoint's trainable tensors (name -> shape) differ from ``model``'s, if they do."""
-    kept = _kept_names(model)
+    kept = trainable_state_names(model)
     missing, unexpected = sorted(kept - set(stored)), sorted(set(stored) - kept)
     if missing or unexpected:
         return f"missing: {missing[:3]}, unexpected: {unexpected[:3]}"
@@ -200,13 +202,21 @@ class CheckpointManager:
     # ------------------------------------------------------------------------------------------
     # save
 
-    def save(self, step: int, payload: dict[str, Any], method_tensors: dict[str, torch.Tensor]) -> Path:
+    def save(
+        self,
+        step: int,
+        payload: dict[str, Any],
+        method_tensors: dict[str, torch.Tensor],
+        best_tensors: dict[str, torch.Tensor] | None = None,
+    ) -> Path:
         """Write checkpoint ``step-<step>`` atomically and prune old ones.
 
         Args:
             step: Optimizer steps taken so far.
             payload: JSON-serialisable loop state (counters, scheduler, ...).
             method_tensors: Extra tensors of the adapter methods (see :mod:`.method_state`).
+            best_tensors: The best evaluation's state (see :mod:`.selection`), stored as
+                ``best.safetensors`` and read back by :meth:`load_best`.
 
         Returns:
             The published checkpoint directory.
@@ -226,6 +236,8 @@ class CheckpointManager:
             if acc.is_main_process:
                 if method_tensors:
                     save_file(method_tensors, str(tmp / METHOD_STATE_FILE))
+                if best_tensors:
+                    save_file(best_tensors, str(tmp / BEST_STATE_FILE))
                 payload = {**payload, "format_version": FORMAT_VERSION, "num_processes": acc.num_processes}
                 payload["model_format"] = "trainable_only" if self.trainable_only else "full"
                 if self.trainable_only:
@@ -266,7 +278,7 @@ class CheckpointManager:
 
         def keep_trainable(models: list[nn.Module], weights: list[dict[str, Any]], output_dir: str) -> None:
             for i, model in enumerate(models):
-                kept = _kept_names(self.accelerator.unwrap_model(model))
+                kept = trainable_state_names(self.accelerator.unwrap_model(model))
                 weights[i] = OrderedDict(
                     (k, v) for k, v in weights[i].items() if k.removeprefix("module.") in kept
                 )
@@ -290,6 +302,23 @@ class CheckpointManager:
 
     # ------------------------------------------------------------------------------------------
     # load
+
+    def load_best(self, path: str | Path) -> dict[str, torch.Tensor]:
+        """The ``best_tensors`` saved with checkpoint ``path`` (``{}`` if it has none).
+
+        Raises:
+            TrainingError: The file exists but cannot be read.
+
+        """
+        file = Path(path) / BEST_STATE_FILE
+        if not file.is_file():
+            return {}
+        try:
+            return load_file(str(file))
+        except Exception as exc:
+            raise TrainingError(
+                f"Cannot read {file} ({type(exc).__name__}): resume from an older checkpoint."
+            ) from exc
 
     def load(self, path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         """Restore model, optimizer and RNG states from ``path``.

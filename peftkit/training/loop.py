@@ -19,6 +19,9 @@ One optimizer step, on every process::
     optimizer.step() -> peftkit.on_optimizer_step(unwrapped, step) -> scheduler.step() -> zero_grad()
     log / evaluate / checkpoint every N steps; stop cleanly after SIGINT or SIGTERM
 
+With ``config.select_best`` (e.g. ``"f1"``) the weights of the best evaluation are put back at the
+end (:mod:`.selection`); an evaluation whose predictions are all one class is warned about.
+
 Resuming (``--resume``) restores weights, optimizer, scheduler, RNG states, step counters, the
 epoch (``set_epoch`` of Accelerate's seedable sampler) and the position in the epoch
 (``accelerator.skip_first_batches``), and reaches the same final weights as an uninterrupted run.
@@ -55,6 +58,7 @@ from peftkit.training.records import (
     resume_command,
     trajectory_settings,
 )
+from peftkit.training.selection import BestKeeper, single_class_warning
 from peftkit.training.signals import StopRequest
 
 logger = get_logger(__name__)
@@ -82,7 +86,8 @@ def train(
         config: Training settings (:class:`~peftkit.config.TrainConfig` or a subclass).
         accelerator: From :func:`build_accelerator` (default: built from ``config``).
         eval_dataloader: Optional evaluation ``DataLoader``; evaluated every ``eval_every``
-            steps (0: at the end of every epoch) and at the end.
+            steps (0: at the end of every epoch) and at the end. With ``config.select_best`` the
+            model ends with the weights of the best evaluation (see ``TrainResult.best``).
         eval_step: Per-batch evaluation function (see :mod:`peftkit.training.evaluation`).
         compute_metrics: Whole-set metric function (see :mod:`peftkit.training.evaluation`).
         optimizer: Optimizer over the model's trainable parameters (default: AdamW, ``config.lr``).
@@ -98,7 +103,8 @@ def train(
     Raises:
         TrainingError: Non-finite or exploding loss (naming step, batch and last good checkpoint),
             a model without loss or trainable parameters, or an unusable checkpoint.
-        ConfigError: ``accelerator`` disagrees with ``config.grad_accum``.
+        ConfigError: ``accelerator`` disagrees with ``config.grad_accum``, or ``select_best``
+            without an evaluation set.
 
     """
     return _Loop(
@@ -192,6 +198,15 @@ class _Loop:
         self.last_saved_step: int | None = None
         self.last_eval_step: int | None = None
         self.eval_metrics: dict[str, float] | None = None
+        self.warnings: list[dict[str, Any]] = []
+        self.best: BestKeeper | None = None
+        if config.select_best:
+            if self.eval_dl is None:
+                raise ConfigError(
+                    f"select_best={config.select_best!r} needs an evaluation set: pass eval_dataloader "
+                    "(a recipe's validation data) or unset select_best."
+                )
+            self.best = BestKeeper(config.select_best, self.unwrapped)
         self._micro: list[float] = []  # loss of each micro-batch of the current step
         self._tokens = 0
         self._bad_batch = -1
@@ -234,17 +249,42 @@ class _Loop:
         else:
             self._announce_stop(stop_signal)
         self.acc.wait_for_everyone()
+        best = self._keep_best() if stop_signal is None else None
         losses = [r["loss"] for r in self.progress.history if "loss" in r]
         return TrainResult(
             global_step=self.state.global_step,
             epoch=self.state.epoch,
             train_loss=losses[-1] if losses else self._last_loss,
-            eval_metrics=self.eval_metrics,
+            eval_metrics=best["metrics"] if best else self.eval_metrics,
             history=self.progress.history,
             interrupted=stop_signal is not None,
             stop_signal=stop_signal,
             last_checkpoint=self.ckpt.latest(),
+            best={k: v for k, v in best.items() if k != "metrics"} if best else None,
+            warnings=list(self.warnings),
         )
+
+    def _keep_best(self) -> dict[str, Any] | None:
+        """Put the best evaluation's weights back (after the last checkpoint, which keeps the last ones)."""
+        if self.best is None or self.best.restore() is None:
+            return None
+        kept, last = self.best.best, self.eval_metrics or {}
+        assert kept is not None
+        last_value = last.get(kept.metric)
+        logger.info(
+            "Keeping the best evaluation by %s: step %d (epoch %.2f), %s %.4f; the last one (step %s) had %s.",
+            kept.metric, kept.step, kept.epoch, kept.metric, kept.value, self.last_eval_step,
+            "the same weights" if kept.step == self.last_eval_step else f"{kept.metric} {last_value:.4f}",
+        )  # fmt: skip
+        return {
+            "metric": kept.metric,
+            "value": kept.value,
+            "step": kept.step,
+            "epoch": kept.epoch,
+            "last_step": self.last_eval_step,
+            "last_value": last_value,
+            "metrics": kept.metrics,
+        }
 
     def _train(self) -> str | None:
         """Epoch loop; returns the stop signal's name if interrupted."""
@@ -336,19 +376,32 @@ class _Loop:
 
     def _evaluate(self) -> None:
         metrics = evaluate(self.model, self.eval_dl, self.acc, self.eval_step, self.compute_metrics)
+        step = self.state.global_step
+        epoch = self.state.epoch + self.state.batches_in_epoch / max(len(self.train_dl), 1)
         self.eval_metrics = metrics
-        self.last_eval_step = self.state.global_step
-        self.progress.eval(self.state.global_step, metrics)
+        self.last_eval_step = step
+        self.progress.eval(step, metrics)
+        warning = single_class_warning(metrics, step, epoch)
+        if warning is not None:
+            logger.warning(warning)
+            self.warnings.append(
+                {"step": step, "epoch": round(epoch, 4), "kind": "single_class", "message": warning}
+            )
+        if self.best is not None and self.best.update(metrics, step, epoch):
+            logger.info("Best %s so far: %.4f at step %d.", self.best.metric, self.best.best.value, step)  # type: ignore[union-attr]
 
     def _save(self) -> Path:
         tensors, values = collect_method_state(self.unwrapped)
+        best_tensors, best_record = self.best.state() if self.best is not None else ({}, None)
         payload = {
             "loop": dataclasses.asdict(self.state),
             "scheduler": self.scheduler.state_dict(),
             "method_state": values,
             "config": trajectory_settings(self.config),
+            "best": best_record,
+            "warnings": self.warnings,
         }
-        path = self.ckpt.save(self.state.global_step, payload, tensors)
+        path = self.ckpt.save(self.state.global_step, payload, tensors, best_tensors)
         self.last_saved_step = self.state.global_step
         logger.info("Saved checkpoint %s", path)
         return path
@@ -368,6 +421,13 @@ class _Loop:
         resume_schedule(self.scheduler, payload["scheduler"])
         restore_method_state(self.unwrapped, tensors, payload.get("method_state", {}))
         self.state = LoopState(**payload["loop"])
+        self.warnings = list(payload.get("warnings") or [])
+        if (
+            self.best is not None
+            and payload.get("best", {})
+            and payload["best"].get("metric") == self.best.metric
+        ):
+            self.best.load_state(self.ckpt.load_best(path), payload["best"])
         if self.state.batches_in_epoch >= len(self.train_dl):
             self.state.epoch += 1
             self.state.batches_in_epoch = 0

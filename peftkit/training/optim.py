@@ -18,28 +18,52 @@ _NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight", "ln
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """AdamW over the trainable parameters; biases and normalisation weights get no weight decay.
 
+    With ``config.head_lr`` the task heads (:func:`peftkit.targets.head_module_names`: ``classifier``,
+    ``score``, ...) form groups of their own at that learning rate; the schedule scales every group
+    alike.
+
     Args:
         model: The (wrapped) model; only parameters with ``requires_grad`` are optimised.
-        config: Provides ``lr`` and ``weight_decay``.
+        config: Provides ``lr``, ``head_lr`` and ``weight_decay``.
 
     Raises:
-        TrainingError: The model has no trainable parameter.
+        TrainingError: The model has no trainable parameter, or ``head_lr`` is set but the model
+            has no trainable task head.
 
     """
-    decay, no_decay = [], []
+    from peftkit.targets import head_module_names
+
+    split_head = config.head_lr is not None
+    heads = head_module_names(model) if split_head else []
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (no_decay if any(key in name for key in _NO_DECAY) else decay).append(param)
-    if not decay and not no_decay:
+        in_head = any(name == h or name.startswith(h + ".") for h in heads)
+        no_decay = any(key in name for key in _NO_DECAY)
+        groups.setdefault((in_head, no_decay), []).append(param)
+    if not groups:
         raise TrainingError(
             "The model has no trainable parameter: wrap it first, e.g. model = peftkit.wrap(model, 'lora')."
         )
-    groups = [
-        {"params": decay, "weight_decay": config.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr)
+    if split_head and not any(in_head for in_head, _ in groups):
+        raise TrainingError(
+            f"head_lr={config.head_lr} but the model has no trainable task head (found heads: {heads or 'none'}): "
+            "unset head_lr, or train a model with a classification head."
+        )
+    order = [(False, False), (False, True), (True, False), (True, True)]
+    return torch.optim.AdamW(
+        [
+            {
+                "params": groups[key],
+                "weight_decay": 0.0 if key[1] else config.weight_decay,
+                "lr": config.head_lr if key[0] else config.lr,
+            }
+            for key in order
+            if key in groups
+        ],
+        lr=config.lr,
+    )
 
 
 class WarmupSchedule:

@@ -12,7 +12,7 @@ from typing import Any
 
 #: Config fields that change the training trajectory; a resume with other values is warned about.
 TRAJECTORY_FIELDS = (
-    "seed", "epochs", "max_steps", "lr", "weight_decay", "lr_schedule", "warmup_ratio", "warmup_steps",
+    "seed", "epochs", "max_steps", "lr", "head_lr", "weight_decay", "lr_schedule", "warmup_ratio", "warmup_steps",
     "batch_size", "grad_accum", "max_grad_norm", "mixed_precision",
 )  # fmt: skip
 
@@ -30,6 +30,10 @@ class TrainResult:
         interrupted: Whether SIGINT/SIGTERM stopped the run early (a checkpoint was saved).
         stop_signal: ``"SIGINT"`` or ``"SIGTERM"`` when interrupted.
         last_checkpoint: The newest complete checkpoint, if any.
+        best: With ``select_best``: the evaluation kept (``metric``, ``value``, ``step``, ``epoch``)
+            and the last one (``last_step``, ``last_value``); the model holds the kept weights.
+        warnings: Problems noticed during training, e.g. single-class evaluations, as
+            ``{"step", "epoch", "kind", "message"}`` records.
 
     """
 
@@ -41,6 +45,8 @@ class TrainResult:
     interrupted: bool = False
     stop_signal: str | None = None
     last_checkpoint: Path | None = None
+    best: dict[str, Any] | None = None
+    warnings: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
