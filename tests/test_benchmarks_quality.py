@@ -32,7 +32,9 @@ def test_budget_size_is_the_default_and_sets_adalora_schedule(tmp_path):
     cell = Cell("ner", "adalora", "int4", 42)
     budget = command(cell, RunSettings(work_dir=tmp_path))
     recipe = command(cell, RunSettings(work_dir=tmp_path, budget=False))
-    assert "--load-in-4bit" in budget and "--max-train-samples" in budget and "--max-train-samples" not in recipe
+    assert (
+        "--load-in-4bit" in budget and "--max-train-samples" in budget and "--max-train-samples" not in recipe
+    )
     assert "tinit: 15," in " ".join(budget) and "tinit: 131," in " ".join(recipe)
     assert method_args("dora", TASKS["ner"])[:2] == ["--method", "dora"]
 

@@ -51,8 +51,9 @@ def single_class_warning(metrics: dict[str, Any], step: int, epoch: float) -> st
         return None
     return (
         f"Evaluation at step {step} (epoch {epoch:.2f}): the model predicts a single class for every "
-        "evaluation example, so it has learned nothing beyond the most frequent class. Train longer "
-        "(more epochs or steps), raise the learning rate of the task head, or check the labels."
+        "evaluation example, so it has learned nothing beyond the most frequent class. Start the task "
+        "head's bias at the class frequencies (the NER recipe's --head-bias prior), raise the head's "
+        "learning rate (--head-lr), train longer, or check the labels."
     )
 
 
