@@ -1,8 +1,8 @@
-"""LoRA's fast path (peftkit/methods/lora/fast.py) computes what peft's LoRA computes.
+"""LoRA's fast path (peftkit/methods/lora/fast.py) computes what peft's LoRA computes; so does AdaLoRA's.
 
-Each comparison builds one wrapped model, copies it, switches the copy back to peft's own layer
-class, gives the LoRA B matrices non-zero values (at B = 0 the gradients of A vanish and prove
-nothing), and runs both on the same inputs from the same random state: outputs, the gradients of
+Each comparison builds one wrapped model, gives the B matrices (and AdaLoRA's E vectors) non-zero
+values (at B = 0 the gradients of A vanish and prove nothing), copies it, switches the copy back
+to peft's own layer class, and runs both on the same inputs from the same random state: outputs, the gradients of
 every A and B, and the gradient of the input embeddings must match. Where the fast path cannot
 apply (merged layers, disabled adapters, several active adapters, DoRA, autocast, 8-bit bases)
 the layer must take peft's forward, so the numbers match there too.
@@ -20,6 +20,7 @@ from torch import nn
 
 import peftkit
 from peftkit.merge.fold import fold_adapter
+from peftkit.methods.adalora.fast import FastSVDLinear, enable_fast_adalora
 from peftkit.methods.lora.fast import FastLoraLinear, enable_fast_lora, uses_fast_lora
 from tests.tiny_models import FAMILIES, make_batch, make_model, save_tiny_model
 
@@ -33,25 +34,29 @@ FP32 = {"atol": 2e-5, "rtol": 2e-5}
 
 
 def wrapped_pair(
-    family: str, dtype: torch.dtype = torch.float32, dropout: float = 0.0, **options
+    family: str, dtype: torch.dtype = torch.float32, dropout: float = 0.0, method: str = "lora", **options
 ) -> tuple[nn.Module, nn.Module]:
-    """(fast, peft) copies of one LoRA-wrapped tiny model, with random non-zero B matrices."""
+    """(fast, peft) copies of one LoRA- (or AdaLoRA-) wrapped tiny model, with random non-zero B (and E)."""
     torch.manual_seed(0)
     base = make_model(family).to(dtype)
-    options = {"target_modules": ALL_LINEAR[family], "r": 4, "alpha": 8.0, "dropout": dropout, **options}
-    fast = peftkit.wrap(base, "lora", **options)
+    if method == "adalora":
+        options = {"init_r": 4, "target_r": 2, "total_step": 20, **options}
+    else:
+        options = {"r": 4, "alpha": 8.0, **options}
+    fast = peftkit.wrap(base, method, target_modules=ALL_LINEAR[family], dropout=dropout, **options)
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, param in fast.named_parameters():
-            if "lora_B" in name:
+            if "lora_B" in name or "lora_E" in name:
                 param.copy_(0.1 * torch.randn(param.shape, generator=generator).to(dtype))
     reference = copy.deepcopy(fast)
-    assert enable_fast_lora(reference, enabled=False) == count_fast(fast) > 0
+    switched = enable_fast_lora(reference, enabled=False) + enable_fast_adalora(reference, enabled=False)
+    assert switched == count_fast(fast) > 0
     return fast.train(), reference.train()
 
 
 def count_fast(model: nn.Module) -> int:
-    return sum(uses_fast_lora(m) for m in model.modules())
+    return sum(uses_fast_lora(m) or isinstance(m, FastSVDLinear) for m in model.modules())
 
 
 def run(model: nn.Module, family: str, seed: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,10 +74,14 @@ def lora_grads(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.grad for n, p in model.named_parameters() if "lora_" in n}
 
 
+METHODS = ("lora", "adalora")
+
+
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("dropout", [0.0, 0.1], ids=["no-dropout", "dropout"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_fast_path_matches_peft_forward_and_gradients_fp32(family: str, dropout: float) -> None:
-    fast, reference = wrapped_pair(family, torch.float32, dropout)
+def test_fast_path_matches_peft_forward_and_gradients_fp32(family: str, dropout: float, method: str) -> None:
+    fast, reference = wrapped_pair(family, torch.float32, dropout, method)
     check_fast_path_runs(fast, torch.float32)
     logits, input_grad = run(fast, family)
     ref_logits, ref_input_grad = run(reference, family)
@@ -81,20 +90,21 @@ def test_fast_path_matches_peft_forward_and_gradients_fp32(family: str, dropout:
     grads, ref_grads = lora_grads(fast), lora_grads(reference)
     assert grads.keys() == ref_grads.keys() and len(grads) >= 2 * len(ALL_LINEAR[family])
     for name, grad in grads.items():
-        assert grad.abs().sum() > 0, name
+        assert grad is not None and grad.abs().sum() > 0, name
         scale = ref_grads[name].abs().max()
         torch.testing.assert_close(grad / scale, ref_grads[name] / scale, **FP32, msg=name)
 
 
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("dropout", [0.0, 0.1], ids=["no-dropout", "dropout"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_fast_path_in_bf16_is_as_exact_as_peft(family: str, dropout: float) -> None:
+def test_fast_path_in_bf16_is_as_exact_as_peft(family: str, dropout: float, method: str) -> None:
     """bf16 rounds differently along each path: both are measured against the fp32 computation.
 
     The fast path's error (max |difference| / max |value|) may not exceed 1.5x peft's plus 0.01,
     for the logits, the input gradient and every A and B gradient (both are ~1-4% here).
     """
-    fast32, truth = wrapped_pair(family, torch.float32, dropout)
+    fast32, truth = wrapped_pair(family, torch.float32, dropout, method)
     fast = copy.deepcopy(fast32).to(torch.bfloat16)
     reference = copy.deepcopy(truth).to(torch.bfloat16)
     check_fast_path_runs(fast, torch.bfloat16)
@@ -122,8 +132,8 @@ def relative_error(value: torch.Tensor, exact: torch.Tensor) -> float:
 
 def check_fast_path_runs(model: nn.Module, dtype: torch.dtype) -> None:
     """Every LoRA layer is switched, and would compute a call in ``dtype`` on the fast path."""
-    layers = [m for m in model.modules() if isinstance(m, peftkit_peft_linear())]
-    assert layers and all(uses_fast_lora(m) for m in layers)
+    layers = [m for m in model.modules() if isinstance(m, (peftkit_peft_linear(), FastSVDLinear))]
+    assert layers and all(uses_fast_lora(m) or isinstance(m, FastSVDLinear) for m in layers)
     probe = torch.zeros(1, layers[0].in_features, dtype=dtype)
     assert all(layer._fast_adapter(probe) == "default" for layer in layers[:1])
 

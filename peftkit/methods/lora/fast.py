@@ -107,14 +107,76 @@ def lora_linear(
     return out, h
 
 
-def _weight_t(base: nn.Module) -> torch.Tensor | None:
-    """The base layer's weight as ``in x out``, or ``None`` for layers the fast path does not know."""
+def base_weight_t(base: nn.Module) -> torch.Tensor | None:
+    """The base layer's weight as ``in x out``, or ``None`` where the fast path must not replace its forward.
+
+    Only a plain ``nn.Linear`` or GPT-2 ``Conv1D`` without hooks qualifies (hooks, e.g. Accelerate's
+    offloading ``_hf_hook``, expect the layer's own forward to run).
+    """
     kind = type(base)
     if kind is nn.Linear:
-        return base.weight.t()
-    if kind is _conv1d_class():
-        return base.weight
-    return None
+        weight_t = base.weight.t()
+    elif kind is _conv1d_class():
+        weight_t = base.weight
+    else:
+        return None
+    return weight_t if _no_hooks(base) else None
+
+
+def fusable(x: torch.Tensor, dropout: nn.Module, *tensors: torch.Tensor | None) -> bool:
+    """Whether the fused node computes what peft computes for input ``x``, a dropout module and the weights.
+
+    Every tensor must share ``x``'s floating dtype and device (peft would cast: it keeps that case),
+    autocast must be off (it would cast inside the GEMMs), and the dropout must be an identity or a
+    plain, not in-place ``nn.Dropout`` (called as peft calls it, so the random masks are peft's).
+    """
+    kind = type(dropout)
+    if kind is not nn.Identity and (kind is not nn.Dropout or (dropout.training and dropout.inplace)):
+        return False
+    dtype, device = x.dtype, x.device
+    if not dtype.is_floating_point or device.type not in ("cpu", "cuda"):
+        return False
+    if any(t is not None and (t.dtype != dtype or t.device != device) for t in tensors):
+        return False
+    return not torch.is_autocast_enabled(device.type)
+
+
+def fused_lora_forward(
+    x: torch.Tensor,
+    base: nn.Module,
+    weight_t: torch.Tensor,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    scale: float,
+    dropout: nn.Module,
+) -> torch.Tensor:
+    """``base(x) + scale * lora_b @ lora_a @ dropout(x)`` for any leading shape, in one autograd node.
+
+    Args:
+        x: Input, ``... x in``.
+        base: The base layer (its bias is added; ``weight_t`` is its weight as ``in x out``).
+        weight_t: From :func:`base_weight_t`.
+        lora_a: ``r x in`` (may itself be computed, e.g. AdaLoRA's ``A * E``).
+        lora_b: ``out x r``.
+        scale: Multiplies the low-rank product.
+        dropout: The adapter's dropout module (an identity in eval mode or at ``p = 0``: no copy).
+
+    Returns:
+        ``... x out``.
+
+    """
+    x_lora = x if type(dropout) is nn.Identity or not dropout.training else dropout(x)
+    shape = x.shape
+    x2 = x.reshape(-1, shape[-1])
+    xl2 = None if x_lora is x else x_lora.reshape(-1, shape[-1])
+    bias = base.bias
+    if torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x2, xl2, weight_t, bias, lora_a, lora_b)
+    ):
+        out = _LoraLinearFunction.apply(x2, xl2, weight_t, bias, lora_a, lora_b, scale)
+    else:
+        out, _ = lora_linear(x2, x2 if xl2 is None else xl2, weight_t, bias, lora_a, lora_b, scale)
+    return out.view(*shape[:-1], out.shape[-1])
 
 
 def _conv1d_class() -> type | None:
@@ -132,6 +194,14 @@ def _no_hooks(module: nn.Module) -> bool:
     )
 
 
+def single_active_adapter(layer: nn.Module) -> str | None:
+    """The one active adapter a tuner layer would apply, if it is unmerged and enabled; else ``None``."""
+    if layer.disable_adapters or layer.merged:
+        return None
+    active = [name for name in layer.active_adapters if name in layer.lora_A]
+    return active[0] if len(active) == 1 else None
+
+
 class FastLoraLinear(PeftLoraLinear):
     """peft's LoRA ``Linear`` with a cheaper forward/backward (see the module docstring).
 
@@ -144,57 +214,27 @@ class FastLoraLinear(PeftLoraLinear):
         adapter = None if args or kwargs else self._fast_adapter(x)
         if adapter is None:
             return super().forward(x, *args, **kwargs)
-        base = self.base_layer
-        weight_t = _weight_t(base)
-        lora_a = self.lora_A[adapter].weight
-        lora_b = self.lora_B[adapter].weight
-        scale = float(self.scaling[adapter])
-        dropout = self.lora_dropout[adapter]
-        x_lora = x if type(dropout) is nn.Identity or not dropout.training else dropout(x)
-        shape = x.shape
-        x2 = x.reshape(-1, shape[-1])
-        xl2 = None if x_lora is x else x_lora.reshape(-1, shape[-1])
-        tensors = (x2, xl2, weight_t, base.bias, lora_a, lora_b)
-        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-            out = _LoraLinearFunction.apply(x2, xl2, weight_t, base.bias, lora_a, lora_b, scale)
-        else:
-            out, _ = lora_linear(x2, x2 if xl2 is None else xl2, weight_t, base.bias, lora_a, lora_b, scale)
-        return out.view(*shape[:-1], out.shape[-1])
+        return fused_lora_forward(
+            x,
+            self.base_layer,
+            base_weight_t(self.base_layer),
+            self.lora_A[adapter].weight,
+            self.lora_B[adapter].weight,
+            float(self.scaling[adapter]),
+            self.lora_dropout[adapter],
+        )
 
     def _fast_adapter(self, x: torch.Tensor) -> str | None:
         """The single active adapter if the fast path computes this call exactly as peft would, else ``None``."""
-        if self.disable_adapters or self.merged:
+        adapter = single_active_adapter(self)
+        if adapter is None or adapter in self.lora_variant or self.lora_bias.get(adapter, False):
             return None
-        active = [name for name in self.active_adapters if name in self.lora_A]
-        if len(active) != 1:
+        weight_t = base_weight_t(self.base_layer)
+        if weight_t is None:
             return None
-        adapter = active[0]
-        if adapter in self.lora_variant or self.lora_bias.get(adapter, False):
+        lora_a, lora_b = self.lora_A[adapter].weight, self.lora_B[adapter].weight
+        if not fusable(x, self.lora_dropout[adapter], weight_t, self.base_layer.bias, lora_a, lora_b):
             return None
-        base = self.base_layer
-        weight_t = _weight_t(base)
-        if weight_t is None or not _no_hooks(base):
-            return None
-        dropout = self.lora_dropout[adapter]
-        if type(dropout) not in (nn.Identity, nn.Dropout) or (
-            type(dropout) is nn.Dropout and dropout.training and dropout.inplace
-        ):
-            return None
-        lora_a = self.lora_A[adapter].weight
-        lora_b = self.lora_B[adapter].weight
-        dtype, device = x.dtype, x.device
-        if not (
-            dtype.is_floating_point
-            and weight_t.dtype == dtype
-            and lora_a.dtype == dtype
-            and lora_b.dtype == dtype
-            and weight_t.device == device
-            and lora_a.device == device
-            and (base.bias is None or base.bias.dtype == dtype)
-        ):
-            return None
-        if device.type not in ("cpu", "cuda") or torch.is_autocast_enabled(device.type):
-            return None  # autocast casts inside the GEMMs: peft's forward handles it
         return adapter
 
 
@@ -227,4 +267,13 @@ def uses_fast_lora(module: nn.Module) -> bool:
     return isinstance(module, FastLoraLinear)
 
 
-__all__ = ["FastLoraLinear", "enable_fast_lora", "lora_linear", "uses_fast_lora"]
+__all__ = [
+    "FastLoraLinear",
+    "base_weight_t",
+    "enable_fast_lora",
+    "fusable",
+    "fused_lora_forward",
+    "lora_linear",
+    "single_active_adapter",
+    "uses_fast_lora",
+]
