@@ -37,6 +37,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 #: Breakdown categories, in the order they are printed.
 CATEGORIES = ("base GEMMs", "LoRA GEMMs", "attention", "elementwise", "optimizer", "data", "other")
+#: The low rank of each method's GEMMs at the recipe's options on MiniLM (hidden 384): LoRA r 16,
+#: AdaLoRA init_r 12, bottleneck adapters 384 / 16 (reported as "LoRA GEMMs" too).
+RANKS = {"lora": 16, "peft-lora": 16, "adalora": 12, "adapter": 24, "parallel": 24}
 _GEMMS = {"aten::mm", "aten::addmm", "aten::addmm_", "aten::_addmm_activation"}
 _ATTENTION = {
     "aten::bmm",
@@ -236,7 +239,8 @@ def recipe_batches(
 
 
 def recipe_model(model_path: str, method: str, num_labels: int, rank: int = 16) -> nn.Module:
-    """MiniLM as the NER recipe trains it: ``full``, ``lora`` (peftkit) or ``peft-lora`` (plain peft, same options)."""
+    """MiniLM as the NER recipe trains it: ``full``, ``lora`` (peftkit), ``peft-lora`` (plain peft, same
+    options), or another of :data:`benchmarks.step_speed.STEP_VARIANTS`."""
     from transformers import AutoModelForTokenClassification
 
     from benchmarks.step_speed import RECIPE_LORA, build_step_variant
@@ -266,7 +270,7 @@ def profile_recipe(
             forward, backward, optimize = parts(next(batches))
             backward(forward())
             optimize()
-        found[method] = step_breakdown(parts, batches, steps, None if method == "full" else 16)
+        found[method] = step_breakdown(parts, batches, steps, RANKS.get(method))
     return found
 
 
@@ -302,7 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     """CLI: the recipe breakdown (``--recipe``), or one variant's step time, module breakdown and operator table."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.profile_step")
     parser.add_argument("--recipe", action="store_true", help="break down the NER recipe's step by category")
-    parser.add_argument("--methods", nargs="+", default=["full", "lora", "peft-lora"], help="with --recipe")
+    parser.add_argument(
+        "--methods", nargs="+", default=["full", "frozen", "lora", "peft-lora"], help="with --recipe"
+    )
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--variant", default="fp32-adapter", help="e.g. fp32-lora, fp32-adapter, int8-lora")
     parser.add_argument("--batch", type=int, default=32)

@@ -11,7 +11,7 @@ process CPU time are recorded: CPU time is what a step costs, whatever else the 
 :func:`measure_step_speed` takes a model factory, a device and a dtype, so the same code runs on
 CUDA (a bf16 Llama) as on the CPU (fp32 MiniLM)::
 
-    found = measure_step_speed(lambda: load(path).to("cuda", torch.bfloat16), device="cuda",
+    found = measure_step_speed(lambda: load(path), device="cuda", dtype=torch.bfloat16,
                                batch_size=16, seq_len=256, rounds=20)
     found["ratios"]["lora/full"]["wall"]["median"]     # tokens/s of LoRA / tokens/s of full fine-tuning
 """
@@ -155,6 +155,7 @@ def measure_step_speed(
     make_base: Callable[[], nn.Module],
     *,
     device: str = "cpu",
+    dtype: torch.dtype | None = None,
     variants: Sequence[str] = STEP_VARIANTS,
     lora_options: dict[str, Any] | None = None,
     targets: list[str] | None = None,
@@ -167,9 +168,11 @@ def measure_step_speed(
     """Time single training steps of each variant, interleaved round-robin; return samples and ratios.
 
     Args:
-        make_base: Returns the base model on ``device`` in the dtype to measure (called once;
-            every variant is a deep copy of it).
-        device: ``"cpu"`` or ``"cuda"`` (GPU work is synchronised around each step).
+        make_base: Returns the base model (called once; every variant is a deep copy of it).
+        device: ``"cpu"`` or ``"cuda"`` (GPU work is synchronised around each step); the base is
+            moved there.
+        dtype: Cast the base to this dtype first (``None``: as ``make_base`` returns it); adapters
+            are created in the base's dtype, as ``peftkit.wrap`` does.
         variants: Which of :data:`STEP_VARIANTS` to time.
         lora_options: LoRA's ``r``, ``alpha``, ``dropout`` (default :data:`RECIPE_LORA`); the
             peft reference gets the same, AdaLoRA the same dropout.
@@ -188,7 +191,9 @@ def measure_step_speed(
     """
     options = dict(RECIPE_LORA if lora_options is None else lora_options)
     torch.manual_seed(0)
-    base = make_base()
+    base = make_base().to(device)
+    if dtype is not None:
+        base = base.to(dtype)
     targets = list(targets) if targets is not None else adapted_linear_names(base)
     total_step = 100_000  # AdaLoRA's schedule runs throughout (budget masking every step)
     runners = []

@@ -210,6 +210,19 @@ def count_fast_calls(model: nn.Module):
     return lambda: sum(seen)
 
 
+def test_a_trainable_base_weight_takes_peft_path_and_gets_its_gradient() -> None:
+    fast, reference = wrapped_pair("gpt2")
+    for model in (fast, reference):
+        model.transformer.h[0].attn.c_attn.base_layer.weight.requires_grad_(True)
+    layer = fast.transformer.h[0].attn.c_attn
+    assert layer._fast_adapter(torch.zeros(1, 32)) is None
+    assert fast.transformer.h[1].attn.c_attn._fast_adapter(torch.zeros(1, 32)) == "default"
+    run(fast, "gpt2"), run(reference, "gpt2")
+    torch.testing.assert_close(
+        layer.base_layer.weight.grad, reference.transformer.h[0].attn.c_attn.base_layer.weight.grad
+    )
+
+
 def test_disabled_adapters_give_the_base_model() -> None:
     torch.manual_seed(0)
     base = make_model("bert")

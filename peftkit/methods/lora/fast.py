@@ -18,9 +18,9 @@ swapped for :class:`FastLoraLinear`, a subclass that overrides ``forward`` alone
 
 A call takes peft's own forward (``super().forward``) whenever the fast path does not apply:
 adapters disabled or merged, no or several active adapters, a LoRA variant (DoRA, ...), a LoRA
-bias, extra arguments (``adapter_names``), autocast, mixed dtypes, or a base layer that is not a
-plain ``nn.Linear`` / GPT-2 ``Conv1D`` (8-bit / 4-bit layers have their own peft classes and are
-never swapped) or carries hooks.
+bias, extra arguments (``adapter_names``), autocast, mixed dtypes, a trainable base weight, or a
+base layer that is not a plain ``nn.Linear`` / GPT-2 ``Conv1D`` (8-bit / 4-bit layers have their
+own peft classes and are never swapped) or carries hooks.
 """
 
 from __future__ import annotations
@@ -108,10 +108,11 @@ def lora_linear(
 
 
 def base_weight_t(base: nn.Module) -> torch.Tensor | None:
-    """The base layer's weight as ``in x out``, or ``None`` where the fast path must not replace its forward.
+    """The base layer's frozen weight as ``in x out``, or ``None`` where the fast path must not replace its forward.
 
-    Only a plain ``nn.Linear`` or GPT-2 ``Conv1D`` without hooks qualifies (hooks, e.g. Accelerate's
-    offloading ``_hf_hook``, expect the layer's own forward to run).
+    Only a plain ``nn.Linear`` or GPT-2 ``Conv1D`` without hooks (e.g. Accelerate's offloading
+    ``_hf_hook``, which expects the layer's own forward to run) and with a frozen weight (the fused
+    node computes no weight gradient) qualifies.
     """
     kind = type(base)
     if kind is nn.Linear:
@@ -120,7 +121,7 @@ def base_weight_t(base: nn.Module) -> torch.Tensor | None:
         weight_t = base.weight
     else:
         return None
-    return weight_t if _no_hooks(base) else None
+    return weight_t if not weight_t.requires_grad and _no_hooks(base) else None
 
 
 def fusable(x: torch.Tensor, dropout: nn.Module, *tensors: torch.Tensor | None) -> bool:
