@@ -1,5 +1,8 @@
 """Benchmark entry point: ``python -m benchmarks [--quick | --dry] [--out DIR]``.
 
+``python -m benchmarks quantized-memory [...]`` runs :mod:`benchmarks.quantized_memory` (a 1.1B Llama on
+quantised bases vs bf16 and plain peft) and ``python -m benchmarks gpu [...]`` :mod:`benchmarks.gpu`.
+
 Also runnable as ``python benchmarks/run.py``. Measures, on this machine and in one run,
 training and inference throughput, peak memory, MFU, adapter sizes and peftkit's overhead
 over peft for {fp32, 8-bit} x {full fine-tuning, LoRA, AdaLoRA, Adapter} on all-MiniLM-L6-v2,
@@ -55,8 +58,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+#: ``python -m benchmarks <name> [options]`` runs another benchmark module's ``main``.
+SUBCOMMANDS = {"quantized-memory": "benchmarks.quantized_memory", "gpu": "benchmarks.gpu"}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and write its results; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        import importlib
+
+        return importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:])
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # per-call fp16-cast notices

@@ -11,6 +11,7 @@ Public API::
     model = peftkit.load_adapter(base, "runs/ner")  # refuses a different base model
     peftkit.merge_adapter(base_dir, "runs/ner", "merged/")  # plain transformers model
     peftkit.on_optimizer_step(model, step)       # AdaLoRA budget; the training helpers call it
+    Trainer(..., callbacks=[peftkit.PeftkitTrainerCallback()])  # the same under transformers.Trainer
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from peftkit.errors import (
     DataError,
     InvalidOptionError,
     MergeError,
+    ModelPathError,
     NoTargetsMatchedError,
     NotWrappedError,
     PeftkitError,
@@ -51,6 +53,7 @@ _EXPORTS = {
         ("MethodSpec", "get_method", "method_specs", "methods", "register_method"), "peftkit.registry"
     ),
     "adapter_state_dict": "peftkit.state",
+    "PeftkitTrainerCallback": "peftkit.training.callbacks",
     **dict.fromkeys(("Summary", "summary"), "peftkit.summary"),
     **dict.fromkeys(
         (
@@ -75,6 +78,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from peftkit.registry import MethodSpec, get_method, method_specs, methods, register_method
     from peftkit.state import adapter_state_dict
     from peftkit.summary import Summary, summary
+    from peftkit.training.callbacks import PeftkitTrainerCallback
     from peftkit.wrap import (
         active_adapter,
         adapters_disabled,
@@ -98,6 +102,7 @@ __all__ = [
     "enable_adapters",
     "adapters_disabled",
     "on_optimizer_step",
+    "PeftkitTrainerCallback",
     "register_method",
     "methods",
     "method_specs",
@@ -132,4 +137,5 @@ __all__ = [
     "BaseModelMismatchError",
     "QuantizationError",
     "MergeError",
+    "ModelPathError",
 ]

@@ -70,6 +70,16 @@ class TrainingError(PeftkitError, RuntimeError):
     """Training cannot continue (non-finite loss, bad checkpoint, ...)."""
 
 
+class ModelPathError(PeftkitError, OSError):
+    """A base-model path holds no transformers model: missing, a file, an adapter directory, ...
+
+    Also an :class:`OSError`, as transformers' own error for a missing model is.
+    """
+
+    def __str__(self) -> str:  # OSError would otherwise format a tuple of arguments
+        return str(self.args[0]) if self.args else ""
+
+
 def closest(name: str, candidates: Iterable[str]) -> str | None:
     """Return the candidate closest to ``name``, or ``None`` if nothing is similar.
 

@@ -7,7 +7,8 @@ Data flow::
 
 The returned object is the very model that was passed in: same class, same ``forward``
 signature, same outputs type, so it works in a plain Accelerate loop and in
-``transformers.Trainer``.
+``transformers.Trainer``. Only its ``save_pretrained`` differs: it writes the adapter, and
+``Trainer`` checkpoints resume exactly (:mod:`peftkit.pretrained`).
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils.other import AuxiliaryTrainingWrapper, ModulesToSaveWrapper
 from torch import nn
 
+from peftkit import pretrained
 from peftkit import targets as target_defaults
 from peftkit.errors import AlreadyWrappedError, InvalidOptionError, NotWrappedError, PeftkitError
 from peftkit.methods.base import MethodConfig
 from peftkit.models import head_module_names
+from peftkit.quantization.prepare import train_in_full_precision
 from peftkit.registry import DEFAULT_METHOD, MethodSpec, get_method
 from peftkit.rollback import ModelSnapshot
 from peftkit.state import (
@@ -142,6 +145,7 @@ def inject(model: nn.Module, spec: MethodSpec, config: MethodConfig, adapter_nam
                 param.requires_grad_(False)
         handle = spec.builder(inner, config, adapter_name, patterns)
         _wrap_heads(inner, heads, adapter_name)
+        _settle_adapter_parameters(inner, adapter_name)
     except (ValueError, TypeError, NotImplementedError) as exc:
         snapshot.restore()
         if isinstance(exc, PeftkitError):
@@ -167,6 +171,7 @@ def inject(model: nn.Module, spec: MethodSpec, config: MethodConfig, adapter_nam
         metadata={"source": spec.source},
     )
     set_active(inner, adapter_name)
+    pretrained.install(inner)  # Trainer's save_model / checkpoints write the adapter; resume restores it
     logger.info(
         "Injected %s adapter %r into %d modules; heads: %s", spec.name, adapter_name, len(resolved), heads
     )
@@ -296,22 +301,28 @@ def _wrap_heads(model: nn.Module, heads: list[str], adapter_name: str) -> None:
             parent = model.get_submodule(parent_name) if parent_name else model
             module = ModulesToSaveWrapper(module, adapter_name)
             setattr(parent, child_name, module)
-        _train_in_full_precision(module.modules_to_save[adapter_name])
+        train_in_full_precision(module.modules_to_save[adapter_name])
 
 
-_HALF = (torch.float16, torch.bfloat16)
+def _settle_adapter_parameters(model: nn.Module, adapter_name: str) -> None:
+    """Trainable adapter weights in fp32, and a tuner layer's bookkeeping parameters never trainable.
 
-
-def _train_in_full_precision(head: nn.Module) -> None:
-    """Keep a trained head copy in fp32 on a half-precision base: cast it, and its inputs on the way in."""
-    if not any(param.dtype in _HALF for param in head.parameters()):
-        return
-    head.float()
-    head.register_forward_pre_hook(_half_inputs_to_fp32)
-
-
-def _half_inputs_to_fp32(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-    return tuple(arg.float() if isinstance(arg, torch.Tensor) and arg.dtype in _HALF else arg for arg in args)
+    On a half-precision base (bf16, or the bf16 compute dtype of a 4-bit base) peft's layers create
+    adapter weights in the base layer's dtype, where AdamW's small updates round away: they become fp32,
+    as peft's ``autocast_adapter_dtype`` does (peft's forwards cast the input to the adapter's dtype and
+    the result back). Moving a layer to another dtype also turns parameters listed in a layer's
+    ``other_param_names`` (AdaLoRA's ``ranknum``, the rank that divides its scaling) into trainable
+    ones: an optimiser would then change the scaling, which is never saved, so a reloaded adapter would
+    differ from the trained one. They are frozen again.
+    """
+    for param in adapter_parameters(model, adapter_name).values():
+        if param.dtype in (torch.float16, torch.bfloat16):
+            param.data = param.data.float()
+    for _, module in adapter_layers(model):
+        for attr in getattr(module, "other_param_names", ()):
+            container = getattr(module, attr, None)
+            if isinstance(container, nn.ParameterDict) and adapter_name in container:
+                container[adapter_name].requires_grad_(False)
 
 
 def _check_head(model: nn.Module, name: str) -> None:

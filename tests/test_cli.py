@@ -71,6 +71,8 @@ def test_merge_subprocess_writes_a_plain_transformers_model(subprocess_runs, run
     returncode, stdout, stderr, directory, _, expected = subprocess_runs[run]
     assert returncode == 0, stderr
     assert "max abs logit diff fp32" in stdout
+    # bitsandbytes' optional 4-bit kernel (fetched through `kernels`) is no concern of an 8-bit library
+    assert "publisher trust check" not in stderr and "gemm_4bit_forward" not in stderr, stderr
     auto = getattr(transformers, f"AutoModelFor{auto_class}Classification")
     plain = auto.from_pretrained(directory / "merged")
     assert_close(logits(plain, run.split("-")[0]), expected, rtol=1e-5, atol=1e-5)

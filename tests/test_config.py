@@ -52,6 +52,9 @@ def test_defaults_yaml_then_command_line(tmp_path):
         (["--max-train-samples", "100"], "max_train_samples", 100),
         (["--max-train-samples", "none"], "max_train_samples", None),
         (["--load-in-8bit"], "load_in_8bit", True),
+        (["--load-in-4bit"], "load_in_4bit", True),
+        (["--base-dtype", "bfloat16"], "base_dtype", "bfloat16"),
+        (["--gradient-checkpointing"], "gradient_checkpointing", True),
         (["--no-checkpoint-trainable-only"], "checkpoint_trainable_only", False),
         (["--output-dir", "runs/x"], "output_dir", "runs/x"),
         (["--seed", "1"], "seed", 1),
@@ -64,6 +67,13 @@ def test_defaults_yaml_then_command_line(tmp_path):
 )
 def test_every_field_has_a_flag(argv, field, expected):
     assert getattr(parse_config(NerConfig, argv), field) == expected
+
+
+def test_8bit_and_4bit_together_are_refused_with_the_fix():
+    with pytest.raises(ConfigError, match="--load-in-8bit / --load-in-4bit"):
+        parse_config(NerConfig, ["--load-in-8bit", "--load-in-4bit"])
+    with pytest.raises(ConfigError, match="bfloat16"):
+        parse_config(NerConfig, ["--base-dtype", "int8"])
 
 
 def test_unknown_yaml_key_names_key_file_line_and_suggestion(tmp_path):
@@ -92,6 +102,39 @@ def test_names_from_transformers_and_peft_point_to_ours(tmp_path, theirs: str, o
     key = theirs.replace("-", "_")
     with pytest.raises(ConfigError, match=rf"line 1: unknown key '{key}'. Did you mean '{ours}'\?"):
         parse_config(RecipeConfig, ["--config", str(write(tmp_path, f"{key}: 1\n"))])
+
+
+@pytest.mark.parametrize(
+    ("typed", "suggested"),
+    [
+        ("--learnig-rate", "'--lr'? (peftkit's name for '--learning-rate')"),
+        ("--lerning-rate", "'--lr'? (peftkit's name for '--learning-rate')"),
+        ("--num-train-epoch", "'--epochs'? (peftkit's name for '--num-train-epochs')"),
+        ("--lora-alpah", "'--alpha'? (peftkit's name for '--lora-alpha')"),
+        ("--warmup-ratoi", "'--warmup-ratio'?"),  # our own names still win when they are the closest
+        ("--grad-acum", "'--grad-accum'?"),
+    ],
+)
+def test_misspelt_names_of_other_libraries_point_to_ours(typed: str, suggested: str):
+    with pytest.raises(ConfigError) as info:
+        parse_config(RecipeConfig, [typed, "1"])
+    assert f"Did you mean {suggested}" in str(info.value)
+
+
+def test_a_negative_number_in_scientific_notation_is_a_value_not_an_option():
+    with pytest.raises(ConfigError, match=r"lr=-0.001 must be > 0 and finite: pass e.g. --lr 5e-4"):
+        parse_config(RecipeConfig, ["--lr", "-1e-3"])  # not argparse's "expected one argument"
+    assert parse_config(RecipeConfig, ["--lr", "1e-3", "--weight-decay", "0"]).lr == 1e-3
+
+
+def test_output_dir_that_is_a_file_is_refused_before_anything_runs(tmp_path):
+    file = tmp_path / "notes.txt"
+    file.write_text("x")
+    with pytest.raises(ConfigError, match=r"output_dir='.*notes.txt' is an existing file, not a directory"):
+        parse_config(RecipeConfig, ["--output-dir", str(file)])
+    with pytest.raises(ConfigError, match=r"cannot be created: '.*notes.txt' is a file"):
+        TrainConfig(output_dir=str(file / "run"))
+    assert TrainConfig(output_dir=str(tmp_path / "new" / "run")).output_dir.endswith("run")  # created later
 
 
 @pytest.mark.parametrize(

@@ -13,10 +13,17 @@ import torch
 from transformers import GPT2LMHeadModel, PreTrainedModel
 
 import peftkit
-from tests.test_io_support import METHOD_OPTIONS, METHODS
+from peftkit import registry
+from tests.test_io_support import METHOD_OPTIONS
 from tests.tiny_models import VOCAB, make_config, make_model
 
 DECODERS = ("gpt2", "llama")
+#: Every built-in method (prefix tuning included: its prefix must follow generation's cache and positions).
+METHODS = [ep.name for ep in registry.builtin_entry_points()]
+
+
+def options(method: str) -> dict:
+    return {**peftkit.get_method(method).example_options, **METHOD_OPTIONS.get(method, {})}
 
 
 def make_lm(family: str, seed: int = 0) -> PreTrainedModel:
@@ -34,7 +41,7 @@ def lm_batch(seed: int = 1) -> dict[str, torch.Tensor]:
 
 
 def trained_lm(family: str, method: str) -> PreTrainedModel:
-    model = peftkit.wrap(make_lm(family), method, **METHOD_OPTIONS[method]).train()
+    model = peftkit.wrap(make_lm(family), method, **options(method)).train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-2)
     batch = lm_batch()
     for step in range(1, 7):
@@ -101,9 +108,11 @@ def test_generation_on_an_8bit_base_runs_the_fast_int8_path(method: str, tiny_mo
 
     directory = tiny_model_dir("llama")
     model = peftkit.wrap(
-        load_base(directory, task="causal-lm", load_in_8bit=True), method, **METHOD_OPTIONS[method]
+        load_base(directory, task="causal-lm", load_in_8bit=True, device_map="cpu"),  # the CPU path
+        method,
+        **options(method),
     )
-    fp32 = peftkit.wrap(make_model("llama"), method, **METHOD_OPTIONS[method])
+    fp32 = peftkit.wrap(make_model("llama"), method, **options(method))
     tokens, scores = generate(model.eval())
     uncached_tokens, uncached_scores = generate(model, use_cache=False)
     paths = describe_int8_paths(model)

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import peftkit
-from tests.tiny_models import make_batch, make_model
+from tests.tiny_models import make_batch, make_model, model_device
 
 METHODS = ("lora", "adalora", "adapter")
 #: AdaLoRA: 4 of 6 steps trained, so its budget has pruned ranks (rank_pattern set) before saving.
@@ -22,7 +22,7 @@ def train_briefly(model: nn.Module, family: str, steps: int = 4, lr: float = 1e-
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr)
-    batch = make_batch(family)
+    batch = make_batch(family, device=model_device(model))
     for step in range(1, steps + 1):
         model(**batch).loss.backward()
         optimizer.step()
@@ -40,8 +40,8 @@ def trained(family: str, method: str, seed: int = 0, adapter_seed: int = 0, **op
 
 
 def logits(model: nn.Module, family: str) -> torch.Tensor:
-    """Outputs on a fixed evaluation batch (no labels, no grad)."""
-    batch = make_batch(family, seed=3)
+    """Outputs on a fixed evaluation batch (no labels, no grad), on the CPU whatever the model's device."""
+    batch = make_batch(family, seed=3, device=model_device(model))
     batch.pop("labels")
     with torch.no_grad():
-        return model(**batch).logits
+        return model(**batch).logits.cpu()

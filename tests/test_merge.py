@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -24,7 +26,7 @@ from peftkit.io import load_adapter, read_adapter_dir, save_adapter
 from peftkit.merge import combine_adapters, merge_adapter
 from peftkit.merge.adapters import view_adapter
 from peftkit.merge.describe import describe_adapter
-from tests.tiny_models import make_batch, make_model, save_tiny_model
+from tests.tiny_models import make_batch, make_model, model_device, save_tiny_model
 
 OPTIONS = {"lora": {}, "adalora": {"total_step": 20}, "adapter": {}}
 AUTO = {
@@ -36,18 +38,19 @@ AUTO = {
 
 def perturb(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     """Stand-in for training: move every trainable parameter (LoRA B starts at zero)."""
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device="cpu").manual_seed(seed)  # the same numbers on every device
     with torch.no_grad():
         for _, param in sorted(model.named_parameters()):
             if param.requires_grad:
-                param.add_(0.1 * torch.randn(param.shape, generator=generator))
+                noise = torch.randn(param.shape, generator=generator, device="cpu")
+                param.add_(0.1 * noise.to(param.device))
     return model.eval()
 
 
 def logits(model: torch.nn.Module, family: str) -> torch.Tensor:
-    batch = {k: v for k, v in make_batch(family).items() if k != "labels"}
+    batch = {k: v for k, v in make_batch(family, device=model_device(model)).items() if k != "labels"}
     with torch.no_grad():
-        return model(**batch).logits.float()
+        return model(**batch).logits.float().cpu()
 
 
 class Artefacts:
@@ -113,6 +116,23 @@ def test_merged_model_loads_with_plain_transformers_and_matches_the_adapter(art,
     assert_close(logits(plain, family), expected, rtol=1e-5, atol=1e-5)
     assert (out / "model.safetensors").is_file()
     assert json.loads((out / "peftkit_merge.json").read_text())["method"] == method
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_merged_files_follow_the_umask_like_adapter_files(art, tmp_path, umask):
+    adapter, _ = art.adapter("bert", "lora")
+    previous = os.umask(umask)
+    try:
+        merge_adapter(art.base("bert"), adapter, tmp_path / "merged")
+        save_adapter(peftkit.wrap(make_model("bert"), "lora"), tmp_path / "adapter")
+    finally:
+        os.umask(previous)
+    modes = {
+        f"{p.parent.name}/{p.name}": stat.S_IMODE(p.stat().st_mode)
+        for p in sorted([*(tmp_path / "merged").iterdir(), *(tmp_path / "adapter").iterdir()])
+    }
+    assert "merged/model.safetensors" in modes and "adapter/adapter_model.safetensors" in modes
+    assert set(modes.values()) == {0o666 & ~umask}, {k: oct(v) for k, v in modes.items()}
 
 
 @pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated")
@@ -422,3 +442,12 @@ def test_merged_model_refuses_the_same_adapter_again(tmp_path) -> None:
     with pytest.warns(UserWarning, match="already merged"):
         twice = peftkit.load_adapter(merged, tmp_path / "adapter", strict=False)
     assert twice(**make_batch("bert")).logits.shape[-1] == 5
+
+
+def test_merge_names_a_missing_base_or_an_adapter_passed_as_base(art, tmp_path):
+    adapter, _ = art.adapter("bert", "lora")
+    with pytest.raises(InvalidOptionError, match=r"'.*no-such-base' does not exist"):
+        merge_adapter(str(tmp_path / "no-such-base"), adapter, tmp_path / "out")
+    with pytest.raises(InvalidOptionError, match="is an adapter directory"):
+        merge_adapter(str(adapter), adapter, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

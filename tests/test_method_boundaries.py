@@ -106,3 +106,21 @@ def test_builtin_methods_register_through_entry_points_like_plugins() -> None:
     assert [ep.name for ep in entry_points] == folders  # a built-in method is one folder, found as such
     assert all(ep.value == f"peftkit.methods.{ep.name}:register" for ep in entry_points)
     assert set(peftkit.methods()) >= set(folders)
+
+
+def test_the_library_core_does_not_depend_on_the_recipes_support_modules() -> None:
+    """peftkit.data (CoNLL / sentiment / text readers, collation) and peftkit.metrics (seqeval scores)
+    serve the recipes; wrap, methods, io, merge, training and quantization never import them."""
+    support = ("peftkit.data", "peftkit.metrics")
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        relative = path.relative_to(PACKAGE)
+        if relative.parts[0] == "data" or relative.name == "metrics.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            if any(n == s or n.startswith(s + ".") for n in names for s in support):
+                offenders.append(f"{relative}:{node.lineno}")
+    assert not offenders, offenders

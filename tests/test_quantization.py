@@ -1,7 +1,12 @@
-"""load_base: 8-bit bases with full-precision heads, ready for adapters; memory; clear errors."""
+"""load_base: 8-bit and 4-bit bases with unquantised heads, ready for adapters; compute dtype; logs; clear errors.
+
+Tests of the CPU paths (the fast int8 path, bitsandbytes' CPU kernels) load with ``device_map="cpu"``;
+the others follow ``load_base``'s default device (``cuda:0`` on a GPU machine), inputs included.
+"""
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import bitsandbytes as bnb
@@ -24,7 +29,7 @@ from peftkit.quantization import (
 )
 from peftkit.quantization import loading as loading_module
 from peftkit.quantization.int8_kernels import activation_code_max
-from tests.tiny_models import make_batch, make_model
+from tests.tiny_models import make_batch, make_model, model_device, on_device
 
 TASK = {"bert": "token-classification", "gpt2": "sequence-classification", "llama": "causal-lm"}
 LABELS = {"bert": 5, "gpt2": 3, "llama": None}
@@ -37,8 +42,8 @@ def load8(path: str, family: str, **kwargs):
     return load_base(path, task=TASK[family], num_labels=LABELS[family], load_in_8bit=True, **kwargs)
 
 
-def inputs(family: str) -> dict[str, torch.Tensor]:
-    batch = make_batch(family)
+def inputs(family: str, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    batch = make_batch(family, device=device)
     batch.pop("labels")
     return batch
 
@@ -84,7 +89,7 @@ def test_other_bert_tasks(tiny_model_dir, task: str) -> None:
 @NEEDS_FAST
 def test_cpu_8bit_logits_are_close_to_fp32(tiny_model_dir, family: str) -> None:
     path = tiny_model_dir(family)
-    model = load8(path, family)
+    model = load8(path, family, device_map="cpu")
     reference = make_model(family)
     if family != "llama":
         getattr(model, HEAD[family]).load_state_dict(getattr(reference, HEAD[family]).state_dict())
@@ -135,7 +140,7 @@ def test_fp32_load_is_untouched(tiny_model_dir) -> None:
 
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_lora_trains_on_the_8bit_base(tiny_model_dir, family: str, checkpointing: bool) -> None:
-    model = load8(tiny_model_dir(family), family, gradient_checkpointing=checkpointing)
+    model = load8(tiny_model_dir(family), family, device_map="cpu", gradient_checkpointing=checkpointing)
     flag = (
         "is_activation_checkpointing"
         if hasattr(model, "is_activation_checkpointing")
@@ -160,7 +165,7 @@ def test_lora_trains_on_the_8bit_base(tiny_model_dir, family: str, checkpointing
 
 @NEEDS_FAST
 def test_fast_path_under_peft_lora_matches_the_bitsandbytes_path(tiny_model_dir) -> None:
-    model = load8(tiny_model_dir("bert"), "bert")
+    model = load8(tiny_model_dir("bert"), "bert", device_map="cpu")
     model = peft.get_peft_model(
         model, peft.LoraConfig(r=4, target_modules=["query", "value"], init_lora_weights=False)
     )
@@ -180,9 +185,9 @@ def test_input_embeddings_require_grad_only_when_training(tiny_model_dir) -> Non
         lambda module, args, output: seen.append(output.requires_grad)
     )
     model.train()
-    model(**inputs("bert"))
+    model(**inputs("bert", model_device(model)))
     model.eval()
-    model(**inputs("bert"))
+    model(**inputs("bert", model_device(model)))
     assert seen == [True, False]
 
 
@@ -240,7 +245,7 @@ def test_backbone_layers_left_in_full_precision_are_named(tmp_path, caplog) -> N
     with caplog.at_level("WARNING", logger="peftkit.quantization.loading"):
         model = load_base(tmp_path, num_labels=5, load_in_8bit=True)
     assert is_quantized(model)
-    assert "stay in full precision: Conv1d" in caplog.text
+    assert "stay unquantised: Conv1d" in caplog.text
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -248,10 +253,157 @@ def test_cuda_8bit_base(tiny_model_dir) -> None:
     model = load8(tiny_model_dir("bert"), "bert")  # device_map defaults to CUDA device 0
     assert model.classifier.weight.device.type == "cuda" and is_quantized(model)
     assert describe_int8_paths(model)["bnb"] == 12  # the fast path is a CPU path: left off on CUDA
-    batch = {k: v.cuda() for k, v in inputs("bert").items()}
+    batch = on_device(inputs("bert"), model)
     reference = make_model("bert")
     model.classifier.load_state_dict(reference.classifier.state_dict())
     with torch.inference_mode():
         got = model(**batch).logits.float().cpu()
     expected = reference(**inputs("bert")).logits
     assert (got - expected).abs().max() <= 0.05 * expected.abs().max()
+
+
+# --------------------------------------------------------------------------- compute dtype, 4-bit, logs
+
+
+def _first_quantized_layer(model: nn.Module) -> nn.Module:
+    return next(m for m in model.modules() if isinstance(m, (bnb.nn.Linear8bitLt, bnb.nn.Linear4bit)))
+
+
+@pytest.mark.parametrize("kind", ["8bit-bf16", "4bit"])
+def test_a_bf16_compute_dtype_keeps_everything_unquantised_in_bf16_but_the_trained_head(
+    tiny_model_dir, family: str, kind: str
+) -> None:
+    """No blanket up-cast: embeddings, norms, biases and the LM head stay bf16, activations run in bf16."""
+    options = (
+        {"load_in_8bit": True, "dtype": torch.bfloat16} if kind == "8bit-bf16" else {"load_in_4bit": True}
+    )
+    model = load_base(tiny_model_dir(family), task=TASK[family], num_labels=LABELS[family], **options)
+    head = HEAD[family] if family != "llama" else None
+    for name, param in model.named_parameters():
+        if not param.is_floating_point():
+            continue  # the quantised weights
+        in_head = head is not None and name.startswith(head + ".")
+        assert param.dtype == (torch.float32 if in_head else torch.bfloat16), (name, param.dtype)
+        assert param.requires_grad == in_head, name
+    seen = []
+    _first_quantized_layer(model).register_forward_pre_hook(lambda module, args: seen.append(args[0].dtype))
+    out = model(**make_batch(family, device=model_device(model)))
+    assert seen == [torch.bfloat16]
+    assert out.logits.dtype == (
+        torch.float32 if head else torch.bfloat16
+    )  # the trained head computes in fp32
+    if head is not None:  # llama: nothing is trainable before an adapter is added
+        out.loss.backward()
+        assert getattr(model, head).weight.grad.dtype == torch.float32
+
+
+def test_without_a_dtype_8bit_bases_keep_float32_even_from_a_bf16_checkpoint(tmp_path) -> None:
+    make_model("llama").to(torch.bfloat16).save_pretrained(tmp_path)
+    model = load_base(str(tmp_path), task="causal-lm", load_in_8bit=True)
+    floats = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    assert floats == {torch.float32}
+    assert model.lm_head.weight.dtype == torch.float32
+
+
+def test_dtype_may_be_named(tiny_model_dir) -> None:
+    model = load_base(tiny_model_dir("llama"), task="causal-lm", load_in_8bit=True, dtype="bfloat16")
+    assert model.model.embed_tokens.weight.dtype == torch.bfloat16
+    with pytest.raises(QuantizationError, match="bfloat16"):
+        load_base(tiny_model_dir("llama"), task="causal-lm", load_in_4bit=True, dtype="int8")
+
+
+def test_4bit_bases_are_nf4_with_double_quantised_scales(tiny_model_dir) -> None:
+    model = load_base(tiny_model_dir("llama"), task="causal-lm", load_in_4bit=True)
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert len(layers) == 14  # 2 x (q, k, v, o, gate, up, down); lm_head stays unquantised
+    state = layers[0].weight.quant_state
+    assert state.quant_type == "nf4" and state.nested and layers[0].compute_dtype == torch.bfloat16
+    assert type(model.lm_head) is nn.Linear
+
+
+def test_8bit_and_4bit_together_are_refused(tiny_model_dir) -> None:
+    with pytest.raises(QuantizationError, match="not both"):
+        load_base(tiny_model_dir("bert"), num_labels=5, load_in_8bit=True, load_in_4bit=True)
+
+
+@pytest.mark.parametrize(
+    ("options", "device_map", "path"),
+    [
+        ({"load_in_8bit": True}, "cpu", "the fast int8 CPU path"),
+        ({"load_in_8bit": True, "dtype": torch.bfloat16}, "cpu", "bitsandbytes CPU path (int8"),
+        ({"load_in_4bit": True}, "cpu", "bitsandbytes CPU path (NF4"),
+        ({"load_in_8bit": True}, None, None),  # the default device: CUDA kernels on a GPU machine
+    ],
+)
+def test_one_log_line_says_which_kernels_the_quantised_layers_run(
+    tiny_model_dir, caplog, options: dict, device_map: str | None, path: str | None
+) -> None:
+    if path is None:
+        path = "bitsandbytes CUDA kernels" if torch.cuda.is_available() else "the fast int8 CPU path"
+    if "fast int8" in path and activation_code_max() is None:
+        path = "oneDNN int8 kernels unavailable"
+    with caplog.at_level("INFO", logger="peftkit.quantization.loading"):
+        load_base(tiny_model_dir("bert"), num_labels=5, device_map=device_map, **options)
+    lines = [r.getMessage() for r in caplog.records if r.name == "peftkit.quantization.loading"]
+    runs = [line for line in lines if "linear layers run" in line]
+    assert len(runs) == 1 and path in runs[0], lines
+
+
+@pytest.mark.parametrize("kind", ["bf16-fast", "bf16-default"])
+def test_the_fast_int8_path_takes_bf16_activations_or_stays_off_for_them(tiny_model_dir, kind: str) -> None:
+    """With a bf16 compute dtype the fast path is off by default (its packed copy doubles the int8
+    weights' memory); enabled, it casts bf16 activations in and its output back to bf16."""
+    if kind == "bf16-fast" and activation_code_max() is None:
+        pytest.skip("oneDNN int8 kernels unavailable")
+    fast = {"bf16-fast": True, "bf16-default": None}[kind]
+    model = load8(tiny_model_dir("llama"), "llama", device_map="cpu", dtype=torch.bfloat16, fast_int8=fast)
+    reference = make_model("llama").to(torch.bfloat16)
+    with torch.inference_mode():
+        got, expected = model(**inputs("llama")).logits, reference(**inputs("llama")).logits
+    counts = describe_int8_paths(model)
+    if fast:
+        assert counts["fast_int8"] == 14 and counts["bnb_fallback"] == 0
+    else:
+        assert counts["bnb"] == 14 and counts["fast_int8"] == 0
+    assert got.dtype == torch.bfloat16
+    assert (got.float() - expected.float()).abs().max() <= 0.05 * expected.float().abs().max()
+
+
+def test_bitsandbytes_per_matmul_cast_warning_is_shown_once(tiny_model_dir, caplog) -> None:
+    """bitsandbytes warns "MatMul8bitLt: inputs will be cast ... to float16" at every int8 matmul (its CUDA
+    path, and its CPU inference path): load_base lets the first through and drops the repeats."""
+    from peftkit.notices import BNB_MATMUL_LOGGER
+
+    model = load8(tiny_model_dir("bert"), "bert", fast_int8=False).eval()  # fp32 activations
+    for f in logging.getLogger(BNB_MATMUL_LOGGER).filters:
+        getattr(f, "seen", set()).clear()  # an earlier test may have shown it already
+    with caplog.at_level("WARNING", logger=BNB_MATMUL_LOGGER), torch.no_grad():
+        for _ in range(3):
+            model(**inputs("bert", model_device(model)))
+    casts = [r for r in caplog.records if "inputs will be cast" in r.getMessage()]
+    assert len(casts) == 1, f"{len(casts)} cast warnings for 3 forwards of 12 int8 layers"
+
+
+def test_quantised_loads_read_the_checkpoint_with_pread(tiny_model_dir, monkeypatch) -> None:
+    """transformers memory-maps every shard until the load ends: on CPU the whole checkpoint would count
+    in the resident set while it is quantised. load_base makes it read each tensor with pread instead."""
+    import safetensors
+    import transformers.modeling_utils as modeling_utils
+
+    from peftkit.quantization.streaming import pread_checkpoints
+
+    with pread_checkpoints() as switched:
+        if not switched:
+            pytest.skip(f"safetensors {safetensors.__version__} has no pread backend")
+    backends = []
+
+    def recording_safe_open(*args, **kwargs):
+        backends.append(kwargs.get("backend"))
+        return safetensors.safe_open(*args, **kwargs)
+
+    monkeypatch.setattr(modeling_utils, "safe_open", recording_safe_open)
+    model = load8(tiny_model_dir("bert"), "bert")
+    assert backends == ["pread"] and is_quantized(model)
+    assert modeling_utils.safe_open is recording_safe_open  # restored after the load
+    load_base(tiny_model_dir("bert"), num_labels=5)
+    assert backends == ["pread", "mmap"]  # full-precision loads map the file lazily, as before

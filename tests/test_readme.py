@@ -33,8 +33,8 @@ def bert_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return str(tmp_path / "base")
 
 
-def run_example(heading: str, path: str) -> dict:
-    namespace = {"path": path, "peftkit": peftkit}  # later snippets continue the first one's imports
+def run_example(heading: str, path: str, **given: object) -> dict:
+    namespace = {"path": path, "peftkit": peftkit, **given}  # later snippets continue the first one's imports
     exec(compile(python_block(heading), f"README.md ({heading})", "exec"), namespace)
     return namespace
 
@@ -48,11 +48,35 @@ def test_python_api_example(bert_checkpoint: str, tmp_path: Path, capsys: pytest
         assert (tmp_path / "out" / name / "adapter_model.safetensors").is_file()
 
 
-def test_8bit_example(bert_checkpoint: str) -> None:
+def test_trainer_example(bert_checkpoint: str, tmp_path: Path) -> None:
+    from peftkit.training import reset_accelerate_state
+    from tests.tiny_models import make_batch
+
+    batch = make_batch("bert", batch=16, seq=8, seed=1)
+    train_ds = [{k: v[i] for k, v in batch.items()} for i in range(16)]
+    reset_accelerate_state()
+    try:
+        model = run_example("## With transformers.Trainer", bert_checkpoint, train_ds=train_ds)["model"]
+    finally:
+        reset_accelerate_state()
+    assert peftkit.state.get_state(model).adapters["default"].handle.last_step == 20
+    saved = {p.name for p in (tmp_path / "out" / "ner-adalora").iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "peftkit.json"} <= saved
+    assert "config.json" not in saved
+    assert (tmp_path / "out" / "trainer" / "checkpoint-10" / "model.safetensors").is_file()
+
+
+def test_8bit_and_4bit_example(bert_checkpoint: str) -> None:
     pytest.importorskip("bitsandbytes")
-    model = run_example("## 8-bit bases", bert_checkpoint)["model"]
+    namespace = run_example("## 8-bit and 4-bit bases", bert_checkpoint)
+    model, small, nf4 = namespace["model"], namespace["small"], namespace["nf4"]
     assert any(p.dtype == torch.int8 for p in model.parameters())
     assert model.classifier.weight.dtype == torch.float32 and model.classifier.weight.requires_grad
+    assert any(p.dtype == torch.int8 for p in small.parameters())
+    assert small.bert.embeddings.word_embeddings.weight.dtype == torch.bfloat16
+    assert any(p.dtype == torch.uint8 for p in nf4.parameters())  # packed NF4 codes
+    for base in (small, nf4):
+        assert base.classifier.weight.dtype == torch.float32 and base.classifier.weight.requires_grad
 
 
 def test_every_test_the_readme_cites_exists() -> None:

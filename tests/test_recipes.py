@@ -25,6 +25,7 @@ import peftkit
 from peftkit.data import encode_token_classification, load_rotten_tomatoes, predictions_to_tags, read_conll
 from peftkit.metrics import classification_scores, ner_scores
 from tests.test_data_tokenizers import tiny_wordpiece_tokenizer
+from tests.tiny_models import make_model
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
@@ -237,9 +238,11 @@ def test_ner_recipe_counts_every_sentence_once_and_its_adapter_reproduces_the_me
     processes: int, tiny_bert: Path, conll_files: dict[str, Path], tmp_path: Path
 ) -> None:
     out = tmp_path / "ner"
-    launch("ner_lora.py", processes, *ner_args(tiny_bert, conll_files, out))
+    done = launch("ner_lora.py", processes, *ner_args(tiny_bert, conll_files, out))
     metrics = read_metrics(out)
     assert metrics["num_processes"] == processes
+    assert "publisher trust check" not in done.stderr and "gemm_4bit_forward" not in done.stderr
+    assert "started a single process" not in done.stderr  # the launch-mismatch warning: only when it applies
     assert metrics["valid"]["num_sentences"] == 19 and metrics["test"]["num_sentences"] == 23
     assert metrics["valid"]["num_features"] > 19  # the long sentence became several windows
     assert metrics["trainable_params"] < metrics["total_params"]
@@ -411,6 +414,21 @@ def test_clm_recipe_lowers_perplexity_and_its_adalora_adapter_reproduces_it(
     assert_samples_are_greedy_continuations(metrics["samples"], tiny_gpt2, out / "adapter", text_file)
 
 
+def test_clm_recipe_trains_on_a_4bit_base_with_gradient_checkpointing(
+    tiny_gpt2: Path, text_file: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("bitsandbytes")
+    out = tmp_path / "clm4"
+    flags = ("--load-in-4bit", "--gradient-checkpointing")  # AdaLoRA, the recipe's method
+    done = launch("clm_adalora.py", 1, *clm_args(tiny_gpt2, text_file, out, *flags))
+    metrics = read_metrics(out)
+    assert metrics["after"]["perplexity"] < metrics["before"]["perplexity"]
+    assert metrics["config"]["load_in_4bit"] and metrics["config"]["gradient_checkpointing"]
+    log = done.stderr
+    assert "4-bit NF4 base on cpu" in log and "compute dtype bfloat16" in log
+    assert "gradient checkpointing on" in log
+
+
 def assert_samples_are_greedy_continuations(
     samples: list, model_dir: Path, adapter: Path, text: Path
 ) -> None:
@@ -482,6 +500,50 @@ def test_recipes_report_bad_options_in_one_line(recipe: str) -> None:
         f"{recipe}: error: Command line: unknown option '--lrr'. Did you mean '--lr'? "
         "Run with --help to list the options."
     )
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        (
+            "missing",
+            "--model-path '/nonexistent/model' does not exist. Pass the directory of a transformers model",
+        ),
+        (
+            "file",
+            "--model-path '{bert}/config.json' is a file; pass the model directory that holds it: '{bert}'.",
+        ),
+        (
+            "adapter",
+            "--model-path '{tmp}/adapter' is an adapter directory (adapter_config.json), not a base model",
+        ),
+        ("output-file", "output_dir='{tmp}/out' is an existing file, not a directory"),
+        (
+            "max-length",
+            "max_length=100000 is more than the 128 positions this model has (max_position_embeddings=128",
+        ),
+    ],
+)
+def test_ner_recipe_refuses_a_bad_model_or_output_path_in_one_line(
+    tiny_bert: Path, conll_files: dict[str, Path], tmp_path: Path, case: str, expected: str
+) -> None:
+    model, out, extra = tiny_bert, tmp_path / "out", []
+    if case == "missing":
+        model = Path("/nonexistent/model")
+    elif case == "file":
+        model = tiny_bert / "config.json"
+    elif case == "adapter":
+        model = peftkit.save_adapter(peftkit.wrap(make_model("bert"), "lora"), tmp_path / "adapter")
+    elif case == "output-file":
+        out.write_text("not a directory")
+    else:
+        extra = ["--max-length", 100000]
+    done = run_recipe_directly("ner_lora.py", *ner_args(model, conll_files, out, *extra))
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("ner_lora.py: error: " + expected.format(bert=tiny_bert, tmp=tmp_path)), last
+    assert not (tmp_path / "out" / "adapter").exists()
 
 
 def test_ner_recipe_reports_a_bad_data_file_in_one_line(

@@ -144,3 +144,39 @@ def test_two_processes_stop_together_on_one_signal_and_resume_exactly(tmp_path, 
     for _, weights in outputs(out, "resume"):
         for name, value in weights.items():
             torch.testing.assert_close(value, reference[name], rtol=0, atol=1e-6)
+
+
+def test_a_cpu_launch_that_starts_one_of_two_processes_says_so_with_the_working_command(tmp_path):
+    script = tmp_path / "count_processes.py"
+    script.write_text(
+        "import sys\n"
+        "from peftkit.config import TrainConfig\n"
+        "from peftkit.training import build_accelerator\n"
+        "print('processes', build_accelerator(TrainConfig(output_dir=sys.argv[1])).num_processes, flush=True)\n"
+    )
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    command = [
+        accelerate, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+        "--dynamo_backend", "no", "--main_process_port", str(free_port()), str(script), str(tmp_path / "out"),
+    ]  # fmt: skip
+    done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("processes 1") == 1  # accelerate's --cpu launcher really started one
+    assert "asked for 2 processes on CPU but started only this one" in done.stderr
+    assert (
+        "ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 "
+        f"{script} {tmp_path / 'out'}" in done.stderr
+    )
+
+
+def test_the_lost_processes_message_only_when_the_simple_launcher_lost_them():
+    from peftkit.training.accelerator import lost_processes_message
+
+    lost = {"ACCELERATE_USE_CPU": "True", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+    assert "started only this one" in lost_processes_message(1, lost)
+    assert lost_processes_message(2, lost) is None  # it did start them
+    assert lost_processes_message(1, {**lost, "WORLD_SIZE": "2", "LOCAL_RANK": "0"}) is None  # torchrun
+    assert lost_processes_message(1, {"ACCELERATE_USE_CPU": "True"}) is None  # --num_processes 1
+    assert lost_processes_message(1, {**lost, "ACCELERATE_USE_CPU": "False"}) is None
+    assert lost_processes_message(1, {**lost, "PMI_SIZE": "2"}) is None  # mpirun

@@ -102,15 +102,31 @@ def save_tiny_model(family: str, path: str | Path, seed: int = 0) -> None:
     make_model(family, seed).save_pretrained(str(path))
 
 
-def make_batch(family: str, batch: int = 4, seq: int = 9, seed: int = 1) -> dict[str, torch.Tensor]:
-    """A fixed batch with labels suited to the family's head."""
-    generator = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(3, VOCAB, (batch, seq), generator=generator)
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where ``model``'s weights live (``cuda:0`` for a quantised base on a GPU machine): inputs go there."""
+    return next(model.parameters()).device
+
+
+def on_device(
+    batch: dict[str, torch.Tensor], where: torch.nn.Module | torch.device | str
+) -> dict[str, torch.Tensor]:
+    """``batch`` moved to a device, or to the device of a model."""
+    device = model_device(where) if isinstance(where, torch.nn.Module) else where
+    return {key: value.to(device) for key, value in batch.items()}
+
+
+def make_batch(
+    family: str, batch: int = 4, seq: int = 9, seed: int = 1, device: torch.device | str | None = None
+) -> dict[str, torch.Tensor]:
+    """A fixed batch with labels suited to the family's head (the same numbers on every device)."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    input_ids = torch.randint(3, VOCAB, (batch, seq), generator=generator, device="cpu")
     attention_mask = torch.ones_like(input_ids)
     if family == "bert":
-        labels = torch.randint(0, NUM_TOKEN_LABELS, (batch, seq), generator=generator)
+        labels = torch.randint(0, NUM_TOKEN_LABELS, (batch, seq), generator=generator, device="cpu")
     elif family == "gpt2":
-        labels = torch.randint(0, NUM_SEQ_LABELS, (batch,), generator=generator)
+        labels = torch.randint(0, NUM_SEQ_LABELS, (batch,), generator=generator, device="cpu")
     else:  # causal LM (shifted inside the model) or seq2seq (decoder inputs made from the labels)
         labels = input_ids.clone()
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    out = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    return out if device is None else on_device(out, device)

@@ -18,7 +18,7 @@ from typing import Any, Literal, TypeVar, Union
 import yaml
 
 from peftkit._argparse import NumberFriendlyParser
-from peftkit.errors import ConfigError, did_you_mean
+from peftkit.errors import ConfigError, closest, did_you_mean
 
 T = TypeVar("T")
 
@@ -43,15 +43,30 @@ OTHER_LIBRARY_NAMES = {
 
 
 def _suggest(name: str, valid: list[str]) -> str:
-    """``" Did you mean 'lr'?"``: the setting another library calls ``name``, else the closest spelling."""
+    """``" Did you mean '--lr'?"``: the closest of our names and of the names other libraries use.
+
+    ``--learning-rate`` and a misspelt ``--learnig-rate`` both point to ``--lr`` (transformers calls it
+    ``learning_rate``), not to whichever of our own names happens to be spelt most alike.
+    """
     dashed = name.startswith("--")
     key = name.removeprefix("--").replace("-", "_")
-    ours = OTHER_LIBRARY_NAMES.get(key)
-    if ours is not None:
-        shown = "--" + ours.replace("_", "-") if dashed else ours
-        if shown in valid:
-            return f" Did you mean {shown!r}? (the same setting under the name peftkit uses)"
-    return did_you_mean(name, valid)
+    ours: dict[str, str] = {}
+    for spelling in sorted(valid, key=lambda v: "_" in v):  # "--grad-accum" before "--grad_accum"
+        ours.setdefault(spelling.removeprefix("--").replace("-", "_"), spelling)
+    shown = {
+        theirs: "--" + mine.replace("_", "-") if dashed else mine
+        for theirs, mine in OTHER_LIBRARY_NAMES.items()
+    }
+    theirs = {k: v for k, v in shown.items() if v in valid and k not in ours}
+    if key in theirs:
+        return f" Did you mean {theirs[key]!r}? (the same setting under the name peftkit uses)"
+    best = closest(key, [*ours, *theirs])
+    if best is None:
+        return ""
+    if best in ours:
+        return f" Did you mean {ours[best]!r}?"
+    spelt = "--" + best.replace("_", "-") if dashed else best
+    return f" Did you mean {theirs[best]!r}? (peftkit's name for {spelt!r})"
 
 
 # ----------------------------------------------------------------------------------------------

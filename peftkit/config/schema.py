@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from peftkit.errors import ConfigError, did_you_mean
@@ -92,6 +93,7 @@ class TrainConfig:
             raise ConfigError(
                 f"warmup_ratio={self.warmup_ratio} must lie in [0, 1): pass e.g. --warmup-ratio 0.06."
             )
+        _check_output_dir(self.output_dir)
 
 
 @dataclasses.dataclass
@@ -107,7 +109,13 @@ class RecipeConfig(TrainConfig):
         dropout: Adapter dropout (``None``: the method's default).
         target_modules: Module-name suffixes to adapt (``None``: the architecture's defaults).
         method_options: Further method options passed to :func:`peftkit.wrap`.
-        load_in_8bit: Load the base model in 8 bits with bitsandbytes.
+        load_in_8bit: Load the base model's linear layers in 8 bits (bitsandbytes LLM.int8()).
+        load_in_4bit: Load them in 4 bits (NF4, QLoRA's format) instead.
+        base_dtype: Precision of the base's unquantised weights and of the activations (the compute
+            dtype): ``float32``, ``bfloat16`` (halves what is not quantised: the memory-saving setting)
+            or ``float16``; ``None``: float32, or bfloat16 for 4-bit bases.
+        gradient_checkpointing: Recompute activations in the backward pass instead of keeping them
+            (less memory, about a third more compute).
         max_length: Maximum tokens per training example.
         max_train_samples: Use only the first N training examples.
         max_eval_samples: Use only the first N evaluation examples.
@@ -122,6 +130,9 @@ class RecipeConfig(TrainConfig):
     target_modules: list[str] | None = None
     method_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     load_in_8bit: bool = False
+    load_in_4bit: bool = False
+    base_dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    gradient_checkpointing: bool = False
     max_length: int = 128
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
@@ -138,6 +149,10 @@ class RecipeConfig(TrainConfig):
                 _at_least(self, name, 1, "1000")
         if self.r is not None:
             _at_least(self, "r", 1, "8")
+        if self.load_in_8bit and self.load_in_4bit:
+            raise ConfigError(
+                "load_in_8bit and load_in_4bit are both set: pass one of --load-in-8bit / --load-in-4bit."
+            )
         import peftkit
 
         known = peftkit.methods()
@@ -177,6 +192,25 @@ class RecipeConfig(TrainConfig):
             options["target_modules"] = list(self.target_modules)
         options.update(self.method_options)
         return options
+
+
+def _check_output_dir(output_dir: str) -> None:
+    """Refuse an ``output_dir`` that is a file, or lies under one, before anything is loaded."""
+    path = Path(output_dir).expanduser()
+    for existing in (path, *path.parents):
+        if not existing.exists():
+            continue
+        if existing.is_dir():
+            return
+        if existing == path:
+            raise ConfigError(
+                f"output_dir={output_dir!r} is an existing file, not a directory: pass a directory path "
+                "(it is created if missing), e.g. --output-dir runs/my-run."
+            )
+        raise ConfigError(
+            f"output_dir={output_dir!r} cannot be created: {str(existing)!r} is a file. Pass a directory path "
+            "elsewhere, e.g. --output-dir runs/my-run."
+        )
 
 
 def _at_least(cfg: object, name: str, minimum: float, example: str) -> None:

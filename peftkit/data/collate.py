@@ -126,15 +126,17 @@ class PaddingCollator:
             if key in sequence_keys:
                 batch[key] = self._pad(key, values, longest)
             else:
-                batch[key] = torch.tensor([int(v) if isinstance(v, bool) else v for v in values])
+                batch[key] = torch.tensor(
+                    [int(v) if isinstance(v, bool) else v for v in values], device="cpu"
+                )
         return batch
 
     def _pad(self, key: str, values: list[Any], longest: int) -> torch.Tensor:
         if self.pad_to_multiple_of:
             longest = math.ceil(longest / self.pad_to_multiple_of) * self.pad_to_multiple_of
-        out = torch.full((len(values), longest), self._pad_value(key), dtype=torch.long)
+        out = torch.full((len(values), longest), self._pad_value(key), dtype=torch.long, device="cpu")
         for row, value in enumerate(values):
-            tensor = torch.as_tensor(value, dtype=torch.long)
+            tensor = torch.as_tensor(value, dtype=torch.long, device="cpu")
             if self.padding_side == "right":
                 out[row, : len(tensor)] = tensor
             elif len(tensor):
@@ -164,7 +166,7 @@ def length_grouped_indices(
         A permutation of ``range(len(lengths))``.
 
     """
-    permutation = torch.randperm(len(lengths), generator=generator).tolist()
+    permutation = torch.randperm(len(lengths), generator=generator, device=generator.device).tolist()
     size = max(1, mega_batch_mult * batch_size)
     order: list[int] = []
     for begin in range(0, len(permutation), size):
@@ -231,6 +233,6 @@ class LengthGroupedSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         if not self.shuffle:
             return iter(sorted(range(len(self.lengths)), key=lambda i: (-self.lengths[i], i)))
-        generator = torch.Generator()
+        generator = torch.Generator(device="cpu")
         generator.manual_seed(self.seed + self.epoch)
         return iter(length_grouped_indices(self.lengths, self.batch_size, generator, self.mega_batch_mult))

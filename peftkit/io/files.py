@@ -160,9 +160,26 @@ def temp_dir_beside(target: Path, kind: str = "tmp") -> Path:
 
 def _directory_mode() -> int:
     """The mode ``mkdir`` would give a new directory under the current umask."""
+    return 0o777 & ~_umask()
+
+
+def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
-    return 0o777 & ~mask
+    return mask
+
+
+def follow_umask(directory: Path) -> None:
+    """Give every file under ``directory`` the mode ``open()`` would under the umask (``0o666 & ~umask``).
+
+    Libraries that write through private temporary files (transformers' ``save_pretrained`` leaves
+    ``model.safetensors`` at 0600) would otherwise publish files other users cannot read, unlike the
+    adapter files peftkit writes itself.
+    """
+    mode = 0o666 & ~_umask()
+    for path in directory.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            os.chmod(path, mode)
 
 
 def remove_stale_temp_dirs(target: Path) -> list[Path]:

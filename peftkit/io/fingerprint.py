@@ -18,7 +18,8 @@ What the fingerprint covers:
   with more than 4096 elements contribute a fixed strided sample, so fingerprinting a 22M-parameter
   MiniLM takes milliseconds;
 * ``weights_bf16`` and ``dtype``: the same sample rounded to bfloat16, and the dtype those
-  weights had (a base loaded in bfloat16 has lost what float16 keeps);
+  weights had (``bfloat16`` if any of them is: a base loaded in bfloat16, e.g. a 4-bit base with
+  its default compute dtype, has lost what float16 keeps);
 * ``digest``: a short hash of ``structure`` and ``weights``, shown in messages.
 
 Two fingerprints match when ``model_type`` and ``structure`` are equal and so are ``weights``
@@ -87,7 +88,8 @@ def base_fingerprint(model: nn.Module) -> dict[str, Any]:
             sample, key = _sample(param), name.encode() + b"\0"
             weights.update(key + sample.to(torch.float16).numpy().tobytes())
             weights_bf16.update(key + sample.to(torch.bfloat16).view(torch.int16).numpy().tobytes())
-            dtype = dtype or str(param.dtype).removeprefix("torch.")
+            if dtype is None or param.dtype == torch.bfloat16:  # any bf16 weight: compare at bf16 precision
+                dtype = str(param.dtype).removeprefix("torch.")
     structure_hex = structure.hexdigest()[:_DIGEST_CHARS]
     weights_hex = weights.hexdigest()[:_DIGEST_CHARS]
     config = getattr(inner, "config", None)

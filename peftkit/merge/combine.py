@@ -107,7 +107,7 @@ def combine_adapters(
     check_combination(how, density, rank)
     check_compatible(views, how, rank)
     first = views[0]
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device="cpu").manual_seed(seed)  # adapter files are read to the CPU
     dtype = next(iter(first.files.tensors.values())).dtype
     tensors: dict[str, torch.Tensor] = {}
     options = dict(first.files.options)

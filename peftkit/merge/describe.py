@@ -96,7 +96,10 @@ def format_description(info: dict[str, Any]) -> str:
         ("adapter", info["path"]),
         ("method", f"{info['method']} (from {info['source']}; mergeable: {mergeable})"),
         ("base", info["base"]["description"]),
-        ("targets", f"{info['num_targets']} modules: {_shorten(info['targets'])}"),
+        (
+            "targets",
+            f"{info['num_targets']} modules: {_shorten(info['targets'])}" if info["targets"] else "none",
+        ),
     ]
     ranks = info["ranks"]
     if ranks:

@@ -43,10 +43,10 @@ def check_not_quantized(model: nn.Module) -> None:
     """
     if is_quantized(model):
         raise QuantizationError(
-            "The base model holds 8-bit (bitsandbytes) weights: merging an adapter into them would round the update "
-            "away. Merge into the full-precision base instead (load it without load_in_8bit; an adapter trained on "
-            "an 8-bit base merges fine into its fp32/bf16 original), save it, and quantise at load time with "
-            "peftkit.load_base(merged_dir, load_in_8bit=True)."
+            "The base model holds 8-bit or 4-bit (bitsandbytes) weights: merging an adapter into them would round the "
+            "update away. Merge into the full-precision base instead (load it without load_in_8bit / load_in_4bit; an "
+            "adapter trained on a quantised base merges fine into its fp32/bf16 original), save it, and quantise at "
+            "load time with peftkit.load_base(merged_dir, load_in_8bit=True) (or load_in_4bit=True)."
         )
 
 

@@ -30,10 +30,11 @@ from peftkit.errors import (
     QuantizationError,
 )
 from peftkit.io import AdapterFiles, describe_fingerprint, load_adapter, read_adapter_dir
-from peftkit.io.files import MERGED_ADAPTERS_ATTR, remove_stale_temp_dirs, temp_dir_beside
+from peftkit.io.files import MERGED_ADAPTERS_ATTR, follow_umask, remove_stale_temp_dirs, temp_dir_beside
 from peftkit.io.paths import WEIGHTS_FILE
 from peftkit.merge.fold import NOT_MERGEABLE_HINT, check_not_quantized, fold_adapter
 from peftkit.merge.options import DTYPE_NAMES
+from peftkit.model_path import model_path_problem
 from peftkit.models import TASKS, is_encoder_decoder, task_of_class, task_of_peft_type
 from peftkit.registry import get_method
 from peftkit.state import PEFT_KEY_PREFIX, get_state, unwrap_model
@@ -203,8 +204,15 @@ def load_base_for(
         InvalidOptionError: Unknown ``task`` or an architecture this transformers lacks.
 
     """
+    problem = model_path_problem(base_dir, name="Base model directory")  # missing, a file, an adapter, ...
+    if problem is not None:
+        raise InvalidOptionError(
+            f"{problem} peftkit merge needs the full-precision base the adapter was trained on."
+        )
     config_path = base_dir / "config.json"
-    if not config_path.is_file():
+    if (
+        not config_path.is_file()
+    ):  # a Hub id model_path_problem leaves to transformers: merge needs a directory
         raise InvalidOptionError(
             f"Base model directory {str(base_dir)!r} has no config.json: pass the directory saved with "
             "save_pretrained (the full-precision base the adapter was trained on)."
@@ -213,7 +221,7 @@ def load_base_for(
     if base_config.get("quantization_config"):
         raise QuantizationError(
             f"{str(base_dir)!r} is a quantised checkpoint ({base_config['quantization_config'].get('quant_method')}): "
-            "merging into 8-bit weights would round the update away. Merge into the original fp32/bf16 base "
+            "merging into 8-bit or 4-bit weights would round the update away. Merge into the original fp32/bf16 base "
             "and quantise the merged model at load time (peftkit.load_base(merged, load_in_8bit=True))."
         )
     model_cls = _model_class(files, task, base_config, strict)
@@ -240,6 +248,7 @@ def save_merged(model: nn.Module, out: Path, base_dir: Path | None, report: dict
                 if (base_dir / name).is_file() and not (tmp / name).exists():
                     shutil.copy2(base_dir / name, tmp / name)
         (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        follow_umask(tmp)  # transformers writes model.safetensors 0600; adapters follow the umask
         if out.exists():
             out.rmdir()  # empty (checked by merge_adapter)
         os.replace(tmp, out)
@@ -311,7 +320,7 @@ def _probe_inputs(model: nn.Module) -> dict[str, torch.Tensor] | None:
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)
     if not vocab:
         return None
-    generator = torch.Generator().manual_seed(0)  # on the CPU: the same probe on every device
+    generator = torch.Generator(device="cpu").manual_seed(0)  # the same probe ids on every device
     ids = torch.randint(min(3, vocab - 1), vocab, (2, 16), generator=generator, device="cpu")
     device = next(model.parameters()).device
     probe = {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids, device=device)}

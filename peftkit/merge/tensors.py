@@ -239,7 +239,7 @@ def _apply_rule(
 ) -> torch.Tensor:
     from peft.utils import merge_utils  # importing peft takes seconds: only when combining
 
-    w = torch.tensor(list(weights), dtype=torch.float32)
+    w = torch.tensor(list(weights), dtype=torch.float32, device=tensors[0].device)
     if how == "linear":
         return merge_utils.task_arithmetic(tensors, w)
     if how == "magnitude_prune":

@@ -83,7 +83,7 @@ class _Workspace(threading.local):
         # inference mode) could never be written again by a later training or no_grad forward.
         with torch.inference_mode(False):
             if buffer is None or buffer.numel() < numel:
-                buffer = torch.empty(numel, dtype=dtype)
+                buffer = torch.empty(numel, dtype=dtype, device="cpu")  # a CPU-only path
                 self.buffers[(tag, dtype)] = buffer
                 self.views = {key: v for key, v in self.views.items() if key[0] != tag or key[2] != dtype}
             view = self.views[(tag, shape, dtype)] = buffer[:numel].view(shape)
@@ -136,10 +136,10 @@ def _stats(packed: torch.Tensor, k: int) -> torch.Tensor:
 
 
 #: ``stats @ _PEAKS`` gives each row's ``(max, -min)``: ``max = min + 255 * scale``.
-_PEAKS = torch.tensor([[255.0, 0.0], [1.0, -1.0]])
+_PEAKS = torch.tensor([[255.0, 0.0], [1.0, -1.0]], device="cpu")
 
 #: ``stats @ _HALVED`` gives the affine parameters of 7-bit codes ``u >> 1``: ``(2 * scale, min + scale / 2)``.
-_HALVED = torch.tensor([[2.0, 0.5], [0.0, 1.0]])
+_HALVED = torch.tensor([[2.0, 0.5], [0.0, 1.0]], device="cpu")
 
 
 def _verified(stats: torch.Tensor, outliers: torch.Tensor | None, threshold: float) -> bool:

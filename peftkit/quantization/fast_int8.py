@@ -8,6 +8,8 @@ that does not apply::
 
     forward(x) --CPU, float input, oneDNN usable?--yes--> per-token int8 x int8 GEMM (fast)
                                                  \--no---> bitsandbytes Linear8bitLt.forward
+                                                           (under autograd: the lean wrapper of
+                                                           :mod:`peftkit.quantization.lean_int8`)
 
 When a gradient is wanted (adapter training on the frozen 8-bit base), the fast forward runs
 inside an autograd function whose backward is the straight-through estimator bitsandbytes uses
@@ -28,7 +30,7 @@ import torch
 from torch import nn
 
 from peftkit.errors import QuantizationError
-from peftkit.quantization import activations
+from peftkit.quantization import activations, lean_int8
 from peftkit.quantization import int8_kernels as kernels
 
 logger = logging.getLogger(__name__)
@@ -39,6 +41,7 @@ _PATH_ATTR = "_peftkit_int8_path"
 _PACKED_ATTR = "_peftkit_int8_packed"
 _HINT_ATTR = "_peftkit_int8_outlier_cols"
 _RIGHT_ATTR = "_peftkit_int8_outlier_weights"
+_PREVIOUS_ATTR = "_peftkit_int8_previous_class"
 _logged: set[tuple[str, str]] = set()
 
 
@@ -70,11 +73,13 @@ def fast_linear_class() -> type:
             reason = fast_path_blocker(self, x)
             if reason is None:
                 _note_path(self, FAST, "CPU")
-                if not _wants_grad(self, x):
+                if not lean_int8.wants_grad(self, x):
                     return _fast_forward(self, x)
                 return _Int8LinearFunction.apply(x, self.bias, self)
             _note_path(self, BNB, reason)
-            return super().forward(x)
+            if lean_int8.wants_grad(self, x) and x.is_floating_point() and x.numel():
+                return lean_int8.LeanInt8Function.apply(x, self.bias, self)  # keeps no activation alive
+            return bnb.nn.Linear8bitLt.forward(self, x)
 
     FastInt8Linear.__module__ = __name__
     return FastInt8Linear
@@ -108,11 +113,6 @@ def fast_path_blocker(layer: nn.Module, x: torch.Tensor) -> str | None:
     if kernels.activation_code_max() is None:
         return "oneDNN int8 kernels unavailable"
     return None
-
-
-def _wants_grad(layer: nn.Module, x: torch.Tensor) -> bool:
-    bias = layer.bias
-    return torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad))
 
 
 class _Int8LinearFunction(torch.autograd.Function):
@@ -149,10 +149,11 @@ def _note_path(layer: nn.Module, path: str, reason: str) -> None:
         _logged.add((path, reason))
         if path == FAST:
             bits = 8 if kernels.activation_code_max() == 255 else 7
-            logger.info(
+            logger.debug(
                 "8-bit layers run the fast int8 CPU path (oneDNN, %d-bit per-token activations)", bits
             )
         else:
+            # once per reason: load_base's line named the fast path, this says where it cannot run
             logger.info("8-bit layers fall back to the bitsandbytes path (%s)", reason)
 
 
@@ -211,7 +212,8 @@ def enable_fast_int8(model: nn.Module, enabled: bool = True) -> nn.Module:
     """Switch the fast int8 CPU path on (or off) for every 8-bit layer of ``model``.
 
     The switch is in place (each layer's class changes; weights, hooks and peft wrappers stay) and
-    can be undone with ``enabled=False``, which also frees the packed weight copies. Layers take
+    can be undone with ``enabled=False``, which restores the class each layer had (plain bitsandbytes,
+    or the lean training wrapper :func:`peftkit.load_base` installs) and frees the packed weight copies. Layers take
     the fast path where it applies (CPU, floating-point input), in inference and in training (with
     bitsandbytes' straight-through input gradient), and fall back to bitsandbytes otherwise.
 
@@ -241,12 +243,14 @@ def enable_fast_int8(model: nn.Module, enabled: bool = True) -> nn.Module:
             f"{type(model).__name__} has no bitsandbytes 8-bit linear layers, so there is nothing to speed up. "
             "Load the base with peftkit.quantization.load_base(path, load_in_8bit=True) first."
         )
+    switchable = (bnb.nn.Linear8bitLt, lean_int8.lean_linear_class())
     count = 0
     for name, layer in layers:
-        if enabled and type(layer) is bnb.nn.Linear8bitLt:
+        if enabled and type(layer) in switchable:
+            layer.__dict__[_PREVIOUS_ATTR] = type(layer)
             layer.__class__ = fast_cls
         elif not enabled and type(layer) is fast_cls:
-            layer.__class__ = bnb.nn.Linear8bitLt
+            layer.__class__ = layer.__dict__.pop(_PREVIOUS_ATTR, bnb.nn.Linear8bitLt)
             for attr in (_PACKED_ATTR, _PATH_ATTR, _HINT_ATTR, _RIGHT_ATTR):
                 layer.__dict__.pop(attr, None)
         elif enabled and type(layer) is not fast_cls:
@@ -261,7 +265,7 @@ def enable_fast_int8(model: nn.Module, enabled: bool = True) -> nn.Module:
         logger.warning(
             "oneDNN int8 kernels are unavailable here: the 8-bit layers will use bitsandbytes' path"
         )
-    logger.info(
+    logger.debug(
         "fast int8 path %s on %d of %d 8-bit layers", "enabled" if enabled else "disabled", count, len(layers)
     )
     return model

@@ -73,19 +73,19 @@ def _qlinear(codes: torch.Tensor, weight: PackedWeight) -> torch.Tensor:
 
 def _pack_codes(codes: torch.Tensor, col_scale: torch.Tensor, key: tuple = ()) -> PackedWeight:
     packed = torch.ops.onednn.qlinear_prepack(codes, None)
-    zero_points = torch.zeros(codes.shape[0], dtype=torch.int32)
+    zero_points = torch.zeros(codes.shape[0], dtype=torch.int32, device=codes.device)
     row_sums = codes.sum(1, dtype=torch.int32).float() * col_scale
     return PackedWeight(packed, col_scale, zero_points, row_sums, key, codes.numel() * codes.element_size())
 
 
 def _exact(top: int, m: int, k: int, n: int) -> bool:
     """Whether the kernel is exact for activation codes in ``[0, top]`` at this shape."""
-    generator = torch.Generator().manual_seed(0)
-    weight = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=generator)
+    generator = torch.Generator(device="cpu").manual_seed(0)  # oneDNN kernels are CPU kernels
+    weight = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=generator, device="cpu")
     weight[: n // 2] = 127  # worst case for pair saturation: big codes times big weights
-    codes = torch.randint(0, top + 1, (m, k), dtype=torch.uint8, generator=generator)
+    codes = torch.randint(0, top + 1, (m, k), dtype=torch.uint8, generator=generator, device="cpu")
     codes[: m // 2] = top
-    got = _qlinear(codes, _pack_codes(weight, torch.ones(n)))
+    got = _qlinear(codes, _pack_codes(weight, torch.ones(n, device="cpu")))
     return torch.equal(got.double(), codes.double() @ weight.double().t())
 
 
@@ -99,7 +99,8 @@ def activation_code_max() -> int | None:
         logger.info("oneDNN int8 kernels unavailable in this torch build: no fast 8-bit CPU path")
         return None
     try:
-        torch.ops.quantized.embedding_bag_byte_prepack(torch.zeros(2, 8))  # the activation quantiser
+        # the activation quantiser
+        torch.ops.quantized.embedding_bag_byte_prepack(torch.zeros(2, 8, device="cpu"))
         shapes = [(33, 256, 40), (128, 512, 64)]
         for top in (255, 127):
             if all(_exact(top, *shape) for shape in shapes):

@@ -52,7 +52,7 @@ def concat_padded(tensors: list[torch.Tensor], pad_index: int = -100) -> torch.T
 
     """
     if not tensors:
-        return torch.empty(0)
+        return torch.empty(0, device="cpu")
     if tensors[0].dim() < 2:
         return torch.cat(tensors)
     width = max(t.shape[1] for t in tensors)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -14,6 +15,8 @@ if TYPE_CHECKING:
 _SEP = "::"
 #: The rank allocator's exponential moving averages (dicts of tensors keyed by parameter name).
 _EMA_FIELDS = ("ipt", "exp_avg_ipt", "exp_avg_unc")
+#: Elements of each adapter tensor compared between training forwards to notice an optimizer step.
+_WATCHED_ELEMENTS = 64
 
 
 class AdaLoraHandle:
@@ -25,6 +28,12 @@ class AdaLoraHandle:
     own ``forward``. :meth:`training_state` exposes the allocator's sensitivity averages and the
     rank pattern, which live outside ``state_dict()``, so that a resumed run prunes exactly as an
     uninterrupted one.
+
+    Training without those calls (``transformers.Trainer`` without ``PeftkitTrainerCallback``, a
+    hand-written loop) would keep every rank at ``init_r`` in silence. Until the first call, each
+    training forward compares a few elements of the adapter's weights with the previous training
+    forward's: once they have changed (an optimizer step ran) while no call came, a warning says so,
+    once, at the second optimizer step.
     """
 
     def __init__(
@@ -35,6 +44,9 @@ class AdaLoraHandle:
         self.adapter_name = adapter_name
         self.orth_reg_weight = orth_reg_weight
         self.last_step = 0
+        self._stepped = False  # on_optimizer_step ran at least once
+        self._warned = False
+        self._seen: torch.Tensor | None = None
         self._hook = model.register_forward_hook(self._add_orthogonal_regulariser)
 
     @property
@@ -44,6 +56,7 @@ class AdaLoraHandle:
 
     def on_optimizer_step(self, global_step: int) -> None:
         """Run peft's ``update_and_allocate``; must see the gradients of the step just taken."""
+        self._stepped, self._seen = True, None
         if getattr(self.tuner, "trainable_adapter_name", None) != self.adapter_name:
             return
         self.tuner.update_and_allocate(global_step)
@@ -81,18 +94,51 @@ class AdaLoraHandle:
         if state.get("last_step") is not None:
             self.last_step = int(state["last_step"])
 
+    def _notice_missing_budget_steps(self) -> None:
+        """Warn once if the weights changed since the last training forward with no budget step between."""
+        with torch.no_grad():
+            seen = torch.cat(
+                [p.detach().reshape(-1)[:_WATCHED_ELEMENTS].float() for p in self._adapter_weights()]
+            )
+        before, self._seen = self._seen, seen
+        if before is None or before.shape != seen.shape or torch.equal(before, seen):
+            return
+        self._warned = True
+        warnings.warn(
+            f"AdaLoRA adapter {self.adapter_name!r} took an optimizer step but peftkit.on_optimizer_step was never "
+            "called: its rank budget is not being reallocated (every rank stays at init_r) and no allocation is "
+            "recorded. With transformers.Trainer pass callbacks=[peftkit.PeftkitTrainerCallback()]; in your own "
+            "loop call peftkit.on_optimizer_step(model, step) after optimizer.step() and before zero_grad() "
+            "(peftkit.training.train does it).",
+            UserWarning,
+            stacklevel=2,
+        )
+
+    def _adapter_weights(self) -> list[torch.Tensor]:
+        weights = []
+        for layer in self.tuner.model.modules():
+            for attr in ("lora_A", "lora_B", "lora_E"):
+                container = getattr(layer, attr, None)
+                if isinstance(container, nn.ParameterDict) and self.adapter_name in container:
+                    weights.append(container[self.adapter_name])
+        return weights
+
     def remove(self) -> None:
         """Detach the regulariser hook from the model (after merging or deleting the adapter)."""
         self._hook.remove()
 
     def _add_orthogonal_regulariser(self, module: nn.Module, args: Any, outputs: Any) -> None:
-        loss = getattr(outputs, "loss", None)
-        if not module.training or self.orth_reg_weight == 0 or not isinstance(loss, torch.Tensor):
+        if not module.training:
             return
         from peftkit.state import get_state
 
         state = get_state(module)
         if state is None or state.active != self.adapter_name or not state.enabled:
+            return
+        if not (self._stepped or self._warned):
+            self._notice_missing_budget_steps()
+        loss = getattr(outputs, "loss", None)
+        if self.orth_reg_weight == 0 or not isinstance(loss, torch.Tensor):
             return
         penalties = []
         for layer in self.tuner.model.modules():

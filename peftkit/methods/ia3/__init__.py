@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import nn
 
 from peftkit._peft import targets_conv1d, uses_conv1d
@@ -69,10 +70,30 @@ def peft_ia3_config(
 
 def build_ia3(model: nn.Module, config: IA3Options, adapter_name: str, targets: list[str] | str) -> None:
     """Learned scaling vectors on keys, values and feed-forward inputs (peft's IA³ layers)."""
-    from peft.tuners.ia3 import IA3Model
+    from peft.tuners.ia3 import IA3Layer, IA3Model
 
     feedforward = feedforward_patterns(model, config)
     IA3Model(model, peft_ia3_config(targets, feedforward, uses_conv1d(model, targets)), adapter_name)
+    for module in model.modules():
+        if isinstance(module, IA3Layer) and not getattr(module, _DTYPE_HOOK, False):
+            module.register_forward_hook(_output_in_input_dtype)
+            setattr(module, _DTYPE_HOOK, True)
+
+
+_DTYPE_HOOK = "_peftkit_output_in_input_dtype"
+
+
+def _output_in_input_dtype(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+    """Give an (IA)³ layer's output its input's dtype.
+
+    peft's 4-bit (IA)³ layer returns float32 for bfloat16 inputs (it up-casts the input, then keeps the
+    output's new dtype), and attention then meets fp32 keys next to bf16 queries.
+    """
+    x = args[0] if args else None
+    if isinstance(output, torch.Tensor) and isinstance(x, torch.Tensor) and output.dtype != x.dtype:
+        if x.is_floating_point() and output.is_floating_point():
+            return output.to(x.dtype)
+    return output
 
 
 def to_peft(model: nn.Module, record: AdapterRecord) -> dict[str, Any]:

@@ -95,7 +95,8 @@ def feed_prefix(
     """Forward pre-hook of the wrapped model: pass the active prefix as a cache, widen the attention mask.
 
     A call that already carries a non-empty cache (generation after the first step) holds the prefix
-    already: only the mask is widened then.
+    already: only the mask is widened then. Positions the caller passes (``generate`` counts from 0
+    over the real tokens) are shifted past the prefix, where the model itself would put them.
     """
     layer: PrefixLayer = getattr(model, PREFIX_MODULE)
     prefix = layer.active_prefix()
@@ -112,18 +113,25 @@ def feed_prefix(
         return args, kwargs
     batch_size = reference.shape[0]
     cache_arg = next((name for name in CACHE_ARGS if kwargs.get(name) is not None), None)
-    if cache_arg is None or kwargs[cache_arg].get_seq_length() == 0:
+    # a cache continues a sequence (prefix included) only when caching is on: generate(use_cache=False)
+    # hands back the cache the previous full forward filled, which the next full forward must not extend
+    fresh = cache_arg is None or kwargs.get("use_cache") is False or kwargs[cache_arg].get_seq_length() == 0
+    if fresh:
         dtype = model.get_input_embeddings().weight.dtype
         if not dtype.is_floating_point:
             dtype = torch.float32
         for name in CACHE_ARGS:
             kwargs.pop(name, None)
         kwargs[layer.cache_arg] = layer.cache(prefix, batch_size, dtype)
-    mask = kwargs.get("attention_mask")
     tokens = prefix.shape[0]
-    if mask is None:
-        mask = torch.ones(reference.shape[:2], dtype=torch.long, device=reference.device)
-    if mask.dim() == 2:
+    for name in (
+        "cache_position",
+        "position_ids",
+    ):  # positions given by the caller (generate) start after the prefix
+        if isinstance(kwargs.get(name), torch.Tensor):
+            kwargs[name] = kwargs[name] + tokens
+    mask = kwargs.get("attention_mask")
+    if mask is not None and mask.dim() == 2:  # no mask: the model attends to the whole cache by itself
         ones = torch.ones(batch_size, tokens, dtype=mask.dtype, device=mask.device)
         kwargs["attention_mask"] = torch.cat([ones, mask], dim=1)
     return args, kwargs
