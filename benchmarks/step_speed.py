@@ -40,9 +40,9 @@ RECIPE_LORA: dict[str, Any] = {"r": 16, "alpha": 32.0, "dropout": 0.0}
 #: The recipe's batch: 32 sentences, ~40 word pieces after length-grouped padding.
 RECIPE_SHAPE = (32, 40)
 #: Variants timed by default: full fine-tuning, the frozen floor (:func:`_frozen`), peftkit's LoRA,
-#: plain peft's LoRA (same options), AdaLoRA (same targets), the Houlsby bottleneck adapter and the
-#: parallel adapter (defaults).
-STEP_VARIANTS = ("full", "frozen", "lora", "peft-lora", "adalora", "adapter", "parallel")
+#: plain peft's LoRA (same options), AdaLoRA (same targets), the bottleneck adapter with Houlsby
+#: placement (the default) and with Pfeiffer placement, and the parallel adapter (defaults).
+STEP_VARIANTS = ("full", "frozen", "lora", "peft-lora", "adalora", "adapter", "pfeiffer", "parallel")
 #: Ratios reported: (numerator variant, denominator variant) -> tokens/s of the first over the second.
 #: ``frozen`` (:func:`_frozen`) is the floor: no method adapting every layer can be faster.
 RATIO_PAIRS = (
@@ -54,6 +54,7 @@ RATIO_PAIRS = (
     ("peft-lora", "full"),
     ("adalora", "full"),
     ("adapter", "full"),
+    ("pfeiffer", "full"),
     ("parallel", "full"),
 )
 #: The recipes' gradient clipping (``max_grad_norm``): part of every step they take.
@@ -93,6 +94,8 @@ def build_step_variant(
         )
     if method in ("adapter", "parallel"):
         return peftkit.wrap(model, method)
+    if method == "pfeiffer":
+        return peftkit.wrap(model, "adapter", placement="pfeiffer")
     raise ValueError(f"Unknown step variant {method!r}: use one of {', '.join(STEP_VARIANTS)}.")
 
 

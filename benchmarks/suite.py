@@ -213,6 +213,7 @@ STEP_SPEED_GOALS = (
     ("lora/peft-lora", 1.15, "peftkit LoRA / peft LoRA (same options), tokens/s"),
     ("adalora/full", 1.3, "AdaLoRA, all linear layers / full fine-tuning, tokens/s"),
     ("adapter/full", 1.3, "Adapter (Houlsby) / full fine-tuning, tokens/s"),
+    ("pfeiffer/full", 1.3, "Adapter (Pfeiffer) / full fine-tuning, tokens/s"),
     ("parallel/full", 1.3, "Parallel adapter / full fine-tuning, tokens/s"),
 )
 

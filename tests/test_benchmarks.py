@@ -44,13 +44,22 @@ def test_dry_run_writes_json_markdown_and_plots(tmp_path, capsys):
     assert 0 < result["int8_linear"]["ratio"] < 1
     assert {g["verdict"] for g in result["goals"]} <= {"PASS", "FAIL", "N/A"}
     speed = result["step_speed"]
-    assert set(speed["variants"]) == {"full", "frozen", "lora", "peft-lora", "adalora", "adapter", "parallel"}
-    wanted = {"lora/full", "lora/peft-lora", "adalora/full", "adapter/full", "parallel/full"}
+    assert set(speed["variants"]) == {
+        "full",
+        "frozen",
+        "lora",
+        "peft-lora",
+        "adalora",
+        "adapter",
+        "pfeiffer",
+        "parallel",
+    }
+    wanted = {"lora/full", "lora/peft-lora", "adalora/full", "adapter/full", "pfeiffer/full", "parallel/full"}
     assert wanted <= set(speed["ratios"])
     for ratio in speed["ratios"].values():
         assert ratio["wall"]["n"] == ratio["cpu"]["n"] == result["settings"]["step_speed_rounds"]
     step_goals = [g for g in result["goals"] if "full fine-tuning, tokens/s" in g["name"]]
-    assert len(step_goals) == 4 and all(g["value"] > 0 for g in step_goals)
+    assert len(step_goals) == 5 and all(g["value"] > 0 for g in step_goals)
 
     assert not (tmp_path / "latest.md").exists(), "a dry run must not replace the full run's page"
     markdown = (tmp_path / "latest-dry.md").read_text()
