@@ -212,31 +212,35 @@ class FastLoraLinear(PeftLoraLinear):
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         """The LoRA layer's output: one fused autograd node when it applies, else peft's forward."""
-        adapter = None if args or kwargs else self._fast_adapter(x)
-        if adapter is None:
+        plan = None if args or kwargs else self._fast_plan(x)
+        if plan is None:
             return super().forward(x, *args, **kwargs)
-        return fused_lora_forward(
-            x,
-            self.base_layer,
-            base_weight_t(self.base_layer),
-            self.lora_A[adapter].weight,
-            self.lora_B[adapter].weight,
-            float(self.scaling[adapter]),
-            self.lora_dropout[adapter],
-        )
+        _, base, weight_t, lora_a, lora_b, scale, dropout = plan
+        return fused_lora_forward(x, base, weight_t, lora_a, lora_b, scale, dropout)
 
     def _fast_adapter(self, x: torch.Tensor) -> str | None:
         """The single active adapter if the fast path computes this call exactly as peft would, else ``None``."""
+        plan = self._fast_plan(x)
+        return None if plan is None else plan[0]
+
+    def _fast_plan(self, x: torch.Tensor) -> tuple[Any, ...] | None:
+        """``(adapter, base, weight_t, A, B, scale, dropout)`` for the fused node, or ``None`` for peft's forward.
+
+        Each attribute is looked up once: ``nn.Module.__getattr__`` is slow, and this runs at every call
+        of every adapted layer (the Python cost of a layer bounds a GPU step as much as its kernels).
+        """
         adapter = single_active_adapter(self)
         if adapter is None or adapter in self.lora_variant or self.lora_bias.get(adapter, False):
             return None
-        weight_t = base_weight_t(self.base_layer)
+        base = self.base_layer
+        weight_t = base_weight_t(base)
         if weight_t is None:
             return None
         lora_a, lora_b = self.lora_A[adapter].weight, self.lora_B[adapter].weight
-        if not fusable(x, self.lora_dropout[adapter], weight_t, self.base_layer.bias, lora_a, lora_b):
+        dropout = self.lora_dropout[adapter]
+        if not fusable(x, dropout, weight_t, base.bias, lora_a, lora_b):
             return None
-        return adapter
+        return adapter, base, weight_t, lora_a, lora_b, float(self.scaling[adapter]), dropout
 
 
 def enable_fast_lora(model: nn.Module, enabled: bool = True) -> int:
