@@ -10,3 +10,9 @@ Modules: :mod:`~benchmarks.settings` (what one run measures), :mod:`~benchmarks.
 process), :mod:`~benchmarks.flops` (GEMM peak, model FLOPs, MFU), :mod:`~benchmarks.goals`,
 :mod:`~benchmarks.report` (Markdown + plots), :mod:`~benchmarks.profile_step` (torch.profiler).
 """
+
+from peftkit.threads import prefer_passive_openmp
+
+# Before anything imports torch: OpenMP threads sleep at barriers instead of spinning, so timings
+# taken while other jobs share the cores degrade with the load, not >10x (see peftkit/threads.py).
+prefer_passive_openmp()

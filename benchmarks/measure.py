@@ -58,6 +58,8 @@ class Runner:
         device: ``"cpu"`` or ``"cuda"``.
         trainable: Whether the variant trains (inference-only variants have no optimizer).
         step: Optimizer steps taken (AdaLoRA's schedule reads it).
+        max_grad_norm: Clip gradients to this norm before each optimizer step, as the recipes do
+            (``None``: no clipping).
 
     """
 
@@ -67,6 +69,7 @@ class Runner:
     trainable: bool = True
     step: int = 0
     optimizer: torch.optim.Optimizer | None = field(default=None, repr=False)
+    max_grad_norm: float | None = None
 
     def __post_init__(self) -> None:
         # Put every sub-module in one mode: from_pretrained leaves the model in eval mode, while a
@@ -81,6 +84,9 @@ class Runner:
             self.model.train()
         out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels)
         out.loss.backward()
+        if self.max_grad_norm is not None:
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
         self.optimizer.step()
         self.step += 1
         peftkit.on_optimizer_step(self.model, self.step)

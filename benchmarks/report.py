@@ -19,6 +19,7 @@ METHOD_LABELS = {
     "adalora": "AdaLoRA (peftkit)",
     "adapter": "Adapter (peftkit)",
     "peft-lora": "LoRA (peft directly)",
+    "parallel": "Parallel adapter (peftkit)",
 }
 
 
@@ -60,6 +61,7 @@ def render_markdown(result: dict[str, Any], plots: dict[str, str]) -> str:
         mark = {"PASS": "**PASS**", "FAIL": "**FAIL**"}.get(goal.verdict, goal.verdict)
         lines.append(f"| {goal.name} | {value} | {goal.op} {goal.target:g} | {mark} | {goal.note} |")
 
+    lines += _step_speed_section(result)
     lines += ["", "## Training (forward + backward + optimizer step)", ""]
     lines += _training_table(result, labels)
     lines += ["", "## Inference (eval mode, no autograd)", ""]
@@ -100,6 +102,38 @@ def _training_table(result: dict[str, Any], labels: list[str]) -> list[str]:
         "| int8 full fine-tuning | n/a: int8 weights cannot carry gradients |" + " |" * (len(header) - 2)
     )
     return rows
+
+
+def _step_speed_section(result: dict[str, Any]) -> list[str]:
+    """The recipe-shape step speed of each method and its ratios (``benchmarks/step_speed.py``)."""
+    speed = result.get("step_speed")
+    if not speed:
+        return []
+    options = speed["lora_options"]
+    lines = [
+        "",
+        f"## Training step at the NER recipe's shape ({speed['batch']}x{speed['seq_len']} tokens, "
+        f"{speed['dtype']}, {speed['threads']} thread(s))",
+        "",
+        f"LoRA r {options['r']}, alpha {options['alpha']:g}, dropout {options['dropout']:g} on "
+        f"{', '.join(speed['targets'])} (peftkit and plain peft alike); AdaLoRA on the same targets; "
+        f"adapters with their defaults. Every step clips gradients and runs AdamW, as the recipes do. "
+        f"{speed['rounds']} rounds, one step of every variant per round (rotating start).",
+        "",
+        "| variant | tokens/s (wall) | CPU ms per step |",
+        "|---|---|---|",
+    ]
+    for name, entry in speed["variants"].items():
+        lines.append(
+            f"| {METHOD_LABELS.get(name, name)} | {stat_from_dict(entry['tokens_per_s']).fmt(0)} | "
+            f"{stat_from_dict(entry['cpu_ms']).fmt(1)} |"
+        )
+    lines += ["", "| tokens/s ratio (paired per round) | wall time | CPU time |", "|---|---|---|"]
+    for key, ratio in speed["ratios"].items():
+        lines.append(
+            f"| {key} | {stat_from_dict(ratio['wall']).fmt(3)} | {stat_from_dict(ratio['cpu']).fmt(3)} |"
+        )
+    return lines
 
 
 def _inference_table(result: dict[str, Any], labels: list[str]) -> list[str]:

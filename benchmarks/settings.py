@@ -45,6 +45,9 @@ class BenchSettings:
         gemm_size: Side of the square fp32 matmul measuring the machine's GEMM peak.
         gemm_repeats: Matmuls timed for the GEMM peak (best one counts).
         int8_speed_repeats: ``repeats`` handed to ``measure_int8_vs_fp32``.
+        step_speed_rounds: Rounds of :func:`benchmarks.step_speed.measure_step_speed` (one step of
+            every method per round, at the NER recipe's shape and LoRA options; 0 skips it).
+        step_speed_shape: Its batch (sequences, tokens): the recipe's 32 sentences of ~40 pieces.
         threads: torch intra-op threads (``None``: torch's default, all cores). The dry run uses 1:
             tiny ops on two threads stall at every OpenMP barrier when other processes load the CPU.
         num_labels: Classes of the token-classification head (CoNLL-2003: 9).
@@ -65,6 +68,8 @@ class BenchSettings:
     gemm_size: int = 2048
     gemm_repeats: int = 10
     int8_speed_repeats: int = 5
+    step_speed_rounds: int = 30
+    step_speed_shape: tuple[int, int] = (32, 40)
     threads: int | None = None
     num_labels: int = 9
     seed: int = 0
@@ -77,8 +82,10 @@ class BenchSettings:
 def preset(name: str) -> BenchSettings:
     """Settings of a named preset.
 
-    * ``full``: 7 rounds x 2 steps per variant and shape.
-    * ``quick``: one shape (32x32), 3 rounds x 1 step (a few minutes on 2 quiet cores).
+    * ``full``: 7 rounds x 2 steps per variant and shape, 30 peftkit/peft step pairs, 30 rounds of
+      the recipe-shape step speed.
+    * ``quick``: one shape (32x32), 3 rounds x 1 step, 40 peftkit/peft step pairs, 16 rounds of the
+      recipe-shape step speed (a few minutes on 2 quiet cores).
     * ``dry``: one round on a tiny random BERT, no subprocesses (seconds; for the smoke test).
 
     """
@@ -88,13 +95,14 @@ def preset(name: str) -> BenchSettings:
         return BenchSettings(
             preset="quick",
             shapes=[NER_SHAPES[0]],
-            overhead_rounds=16,
+            overhead_rounds=40,
             repeats=3,
             steps_per_repeat=1,
             warmup=1,
             memory_steps=2,
             gemm_repeats=5,
             int8_speed_repeats=3,
+            step_speed_rounds=16,
         )
     if name == "dry":
         return BenchSettings(
@@ -111,6 +119,8 @@ def preset(name: str) -> BenchSettings:
             gemm_size=256,
             gemm_repeats=2,
             int8_speed_repeats=1,
+            step_speed_rounds=1,
+            step_speed_shape=(4, 16),
             threads=1,
         )
     raise ValueError(f"Unknown preset {name!r}: use 'full', 'quick' or 'dry'.")

@@ -23,7 +23,8 @@ from benchmarks.measure import Batch, Runner, interleaved, make_batch, paired_ra
 from benchmarks.memory import measure_peaks
 from benchmarks.settings import PEFT_REFERENCE, TRAIN_VARIANTS, BenchSettings
 from benchmarks.stats import summarize
-from benchmarks.variants import build_variant, count_parameters, describe_int8, variant_name
+from benchmarks.step_speed import measure_step_speed
+from benchmarks.variants import build_variant, count_parameters, describe_int8, load_base, variant_name
 from peftkit.quantization import quantized_linear_bytes
 
 logger = logging.getLogger(__name__)
@@ -104,6 +105,21 @@ def run_benchmark(
     del runners, base, int8_model
     gc.collect()
 
+    if settings.step_speed_rounds:
+        batch_size, seq_len = settings.step_speed_shape
+        progress(
+            f"step speed at the recipe's shape {batch_size}x{seq_len}, {settings.step_speed_rounds} rounds ..."
+        )
+        result["step_speed"] = measure_step_speed(
+            lambda: load_base(model_path, "fp32", settings.num_labels, settings.seed, device),
+            device=device,
+            batch_size=batch_size,
+            seq_len=seq_len,
+            rounds=settings.step_speed_rounds,
+            progress=progress,
+        )
+        gc.collect()
+
     progress("8-bit vs fp32 inference (quantization helper) ...")
     for shape in result["shapes"]:
         shape["int8_speed"] = _int8_speed(model_path, shape["batch"], shape["seq_len"], settings)
@@ -117,25 +133,30 @@ def run_benchmark(
 def evaluate_goals(result: dict[str, Any]) -> list[Goal]:
     """The project's measurable goals, computed from a result dict."""
     goals = []
+    on_cpu = not str(result["machine"].get("device", "cpu")).startswith("cuda")
     for shape in result["shapes"]:
         label = f"{shape['batch']}x{shape['seq_len']}"
         overhead = shape.get("peft_overhead")
+        stat = (overhead["cpu_stat"] if on_cpu else overhead["stat"]) if overhead else None
         goals.append(
             Goal(
                 f"peftkit LoRA / peft LoRA training step time ({label})",
-                overhead["stat"]["median"] if overhead else None,
+                stat["median"] if stat else None,
                 "<=",
                 1.02,
-                spread=_spread(overhead["stat"]) if overhead else "",
+                spread=_spread(stat) if stat else "",
                 note=(
-                    f"{overhead['stat']['n']} alternating step pairs, median of paired wall-time ratios; "
-                    f"fastest-step ratio {overhead['fastest_ratio']:.3f}, CPU-time ratio "
-                    f"{overhead['cpu_stat']['median']:.3f}"
+                    f"{overhead['stat']['n']} alternating step pairs, median of paired "
+                    f"{'CPU-time' if on_cpu else 'wall-time'} ratios; wall-time ratio "
+                    f"{overhead['stat']['median']:.3f} {_spread(overhead['stat'])}, CPU-time ratio "
+                    f"{overhead['cpu_stat']['median']:.3f} {_spread(overhead['cpu_stat'])}, fastest-step ratio "
+                    f"{overhead['fastest_ratio']:.3f}"
                 )
                 if overhead
                 else "",
             )
         )
+    goals += step_speed_goals(result.get("step_speed"), on_cpu)
     for shape in result["shapes"]:
         speed = shape.get("int8_speed") or {}
         goals.append(
@@ -183,6 +204,46 @@ def evaluate_goals(result: dict[str, Any]) -> list[Goal]:
             note="clean per-process peaks (subprocess probes)",
         )
     )
+    return goals
+
+
+#: Step-speed goals (issue #21): (ratio key, target, what it says).
+STEP_SPEED_GOALS = (
+    ("lora/full", 1.4, "LoRA r 16, all linear layers / full fine-tuning, tokens/s"),
+    ("lora/peft-lora", 1.15, "peftkit LoRA / peft LoRA (same options), tokens/s"),
+    ("adalora/full", 1.3, "AdaLoRA, all linear layers / full fine-tuning, tokens/s"),
+    ("adapter/full", 1.3, "Adapter (Houlsby) / full fine-tuning, tokens/s"),
+    ("pfeiffer/full", 1.3, "Adapter (Pfeiffer) / full fine-tuning, tokens/s"),
+    ("parallel/full", 1.3, "Parallel adapter / full fine-tuning, tokens/s"),
+)
+
+
+def step_speed_goals(speed: dict[str, Any] | None, on_cpu: bool) -> list[Goal]:
+    """Goals on the recipe-shape step ratios of :func:`benchmarks.step_speed.measure_step_speed`.
+
+    On CPU the value is the median of the paired *CPU-time* ratios (what a step costs, robust to
+    other jobs on the machine), with the wall-time ratio in the note; on GPUs, wall time.
+    """
+    goals = []
+    for key, target, what in STEP_SPEED_GOALS:
+        ratio = (speed or {}).get("ratios", {}).get(key)
+        label = f"{what} ({speed['batch']}x{speed['seq_len']})" if speed else what
+        if ratio is None:
+            goals.append(Goal(label, None, ">=", target))
+            continue
+        main, other = ("cpu", "wall") if on_cpu else ("wall", "cpu")
+        goals.append(
+            Goal(
+                label,
+                ratio[main]["median"],
+                ">=",
+                target,
+                spread=_spread(ratio[main]),
+                note=f"{speed['rounds']} interleaved rounds, median of paired {main}-time ratios; "
+                f"{other}-time ratio {ratio[other]['median']:.3f} {_spread(ratio[other])}; "
+                f"{speed['threads']} thread(s), {speed['dtype']}",
+            )
+        )
     return goals
 
 

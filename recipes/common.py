@@ -21,18 +21,24 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-import torch
-from accelerate import Accelerator
-from torch import nn
-from torch.utils.data import DataLoader
+from peftkit.threads import prefer_passive_openmp
 
-import peftkit
-from peftkit.config import RecipeConfig, TrainConfig, config_to_dict, parse_config
-from peftkit.data import LengthGroupedSampler, PaddingCollator
-from peftkit.errors import ConfigError, PeftkitError, TrainingError
-from peftkit.model_path import model_path_problem
-from peftkit.notices import hide_unused_bnb_kernel_notice
-from peftkit.training import TrainResult, build_accelerator, planned_optimizer_steps
+# Before torch loads OpenMP: waiting threads sleep instead of spinning, so a recipe sharing its cores
+# with other jobs slows down in proportion to the load instead of >10x (see peftkit/threads.py).
+prefer_passive_openmp()
+
+import torch  # noqa: E402
+from accelerate import Accelerator  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+import peftkit  # noqa: E402
+from peftkit.config import RecipeConfig, TrainConfig, config_to_dict, parse_config  # noqa: E402
+from peftkit.data import LengthGroupedSampler, PaddingCollator  # noqa: E402
+from peftkit.errors import ConfigError, PeftkitError, TrainingError  # noqa: E402
+from peftkit.model_path import model_path_problem  # noqa: E402
+from peftkit.notices import hide_unused_bnb_kernel_notice  # noqa: E402
+from peftkit.training import TrainResult, build_accelerator, planned_optimizer_steps  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

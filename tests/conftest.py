@@ -9,6 +9,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from peftkit.threads import prefer_passive_openmp  # noqa: E402
+
+prefer_passive_openmp()  # before torch: sleeping, not spinning, OpenMP threads on shared CI cores
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 

@@ -43,10 +43,28 @@ def test_dry_run_writes_json_markdown_and_plots(tmp_path, capsys):
     assert result["variants"]["int8-lora"]["memory"]["infer_peak_rss_mb"] > 0
     assert 0 < result["int8_linear"]["ratio"] < 1
     assert {g["verdict"] for g in result["goals"]} <= {"PASS", "FAIL", "N/A"}
+    speed = result["step_speed"]
+    assert set(speed["variants"]) == {
+        "full",
+        "frozen",
+        "lora",
+        "peft-lora",
+        "adalora",
+        "adapter",
+        "pfeiffer",
+        "parallel",
+    }
+    wanted = {"lora/full", "lora/peft-lora", "adalora/full", "adapter/full", "pfeiffer/full", "parallel/full"}
+    assert wanted <= set(speed["ratios"])
+    for ratio in speed["ratios"].values():
+        assert ratio["wall"]["n"] == ratio["cpu"]["n"] == result["settings"]["step_speed_rounds"]
+    step_goals = [g for g in result["goals"] if "full fine-tuning, tokens/s" in g["name"]]
+    assert len(step_goals) == 5 and all(g["value"] > 0 for g in step_goals)
 
     assert not (tmp_path / "latest.md").exists(), "a dry run must not replace the full run's page"
     markdown = (tmp_path / "latest-dry.md").read_text()
     assert "## Goals" in markdown and result["machine"]["cpu_model"] in markdown
+    assert "Training step at the NER recipe's shape" in markdown
     assert "Peak RSS, 8-bit vs fp32 base" in markdown and "packed int8 copy" in markdown
     pngs = sorted(p.name for p in tmp_path.glob("*.png"))
     assert len(pngs) == 3 and all(p.startswith(json_file.stem) for p in pngs)

@@ -45,8 +45,11 @@ def build_adalora(
     """SVD-parametrised LoRA whose rank budget is reallocated during training."""
     from peft.tuners.adalora import AdaLoraModel
 
+    from peftkit.methods.adalora.fast import enable_fast_adalora
+
     check_fits_targets(model, targets, "init_r", config.init_r)
     tuner = AdaLoraModel(
         model, peft_adalora_config(config, targets, uses_conv1d(model, targets)), adapter_name
     )
+    enable_fast_adalora(model)  # same parameters and numbers, LoRA's fused node (see fast.py)
     return AdaLoraHandle(tuner, model, adapter_name, config.orth_reg_weight)

@@ -32,8 +32,16 @@ def peft_lora_config(config: LoraOptions, targets: list[str] | str, fan_in_fan_o
 
 
 def build_lora(model: nn.Module, config: LoraOptions, adapter_name: str, targets: list[str] | str) -> None:
-    """Low-rank updates ``B @ A`` of the target projections (peft's LoRA layers)."""
+    """Low-rank updates ``B @ A`` of the target projections (peft's LoRA layers).
+
+    Plain LoRA layers (not DoRA's) take the fast path of :mod:`peftkit.methods.lora.fast`: same
+    parameters and numbers as peft's forward, one fused autograd node per layer.
+    """
     from peft.tuners.lora import LoraModel
 
     check_fits_targets(model, targets, "r", config.r)
     LoraModel(model, peft_lora_config(config, targets, uses_conv1d(model, targets)), adapter_name)
+    if not type(config).use_dora:
+        from peftkit.methods.lora.fast import enable_fast_lora
+
+        enable_fast_lora(model)
