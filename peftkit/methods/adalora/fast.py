@@ -17,7 +17,13 @@ import torch
 from peft.tuners.adalora.layer import SVDLinear
 from torch import nn
 
-from peftkit.methods.lora.fast import base_weight_t, fusable, fused_lora_forward, single_active_adapter
+from peftkit.methods.lora.fast import (
+    base_weight_t,
+    fusable,
+    fused_lora_forward,
+    single_active_adapter,
+    swap_class,
+)
 
 
 class FastSVDLinear(SVDLinear):
@@ -57,13 +63,7 @@ class FastSVDLinear(SVDLinear):
 
 def enable_fast_adalora(model: nn.Module, enabled: bool = True) -> int:
     """Switch every peft ``SVDLinear`` of ``model`` to :class:`FastSVDLinear` (or back); returns how many."""
-    source, target = (SVDLinear, FastSVDLinear) if enabled else (FastSVDLinear, SVDLinear)
-    switched = 0
-    for module in model.modules():
-        if type(module) is source:
-            module.__class__ = target
-            switched += 1
-    return switched
+    return swap_class(model, SVDLinear, FastSVDLinear, enabled)
 
 
 __all__ = ["FastSVDLinear", "enable_fast_adalora"]

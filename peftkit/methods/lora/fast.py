@@ -258,7 +258,16 @@ def enable_fast_lora(model: nn.Module, enabled: bool = True) -> int:
         The number of layers switched.
 
     """
-    source, target = (PeftLoraLinear, FastLoraLinear) if enabled else (FastLoraLinear, PeftLoraLinear)
+    return swap_class(model, PeftLoraLinear, FastLoraLinear, enabled)
+
+
+def swap_class(model: nn.Module, peft_class: type, fast_class: type, enabled: bool) -> int:
+    """Give every module of exactly ``peft_class`` the class ``fast_class`` (or back); returns how many.
+
+    ``fast_class`` must be a subclass that overrides ``forward`` alone, so the swap keeps every
+    parameter, buffer and peft method of the module.
+    """
+    source, target = (peft_class, fast_class) if enabled else (fast_class, peft_class)
     switched = 0
     for module in model.modules():
         if type(module) is source:
@@ -280,5 +289,6 @@ __all__ = [
     "fused_lora_forward",
     "lora_linear",
     "single_active_adapter",
+    "swap_class",
     "uses_fast_lora",
 ]
