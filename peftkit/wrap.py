@@ -136,6 +136,7 @@ def inject(model: nn.Module, spec: MethodSpec, config: MethodConfig, adapter_nam
             else _default_targets(inner, spec, config)
         )
         resolved = target_defaults.resolve_targets(inner, patterns, exclude=heads)
+        patterns = _outside_heads(inner, patterns, resolved)
     for head in heads:
         _check_head(inner, head)
     snapshot = ModelSnapshot(inner)
@@ -285,6 +286,18 @@ def _default_targets(model: nn.Module, spec: MethodSpec, config: MethodConfig) -
     if spec.default_targets is not None:
         return spec.default_targets(model, config)
     return target_defaults.default_targets(model, "attention")
+
+
+def _outside_heads(model: nn.Module, patterns: list[str] | str, resolved: list[str]) -> list[str] | str:
+    """``patterns``, or the exact module names ``resolved`` where the patterns also reach into a task head.
+
+    A head is trained in full (a copy per adapter), so a target inside it would add adapter weights
+    to a module that is already trainable, and those of its unused original would never get a
+    gradient (AdaLoRA's budget step fails on them). E.g. ``dense`` matches BERT's ``bert.pooler.dense``
+    when the pooler is a head. The exact names are what peft then gets (and records in its file).
+    """
+    everything = target_defaults.resolve_targets(model, patterns)
+    return patterns if set(everything) == set(resolved) else list(resolved)
 
 
 def _detect_heads(model: nn.Module) -> list[str]:

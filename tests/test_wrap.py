@@ -172,3 +172,25 @@ def test_head_is_trained_in_fp32_on_a_bfloat16_base(method: str) -> None:
     torch.testing.assert_close(out.logits.detach(), expected.float(), atol=2e-2, rtol=2e-2)  # bf16 rounding
     out.loss.backward()
     assert head.modules_to_save["default"].weight.grad.dtype == torch.float32
+
+
+@pytest.mark.parametrize("method", ["lora", "adalora", "ia3"])
+def test_targets_inside_a_head_are_left_to_the_head(method: str) -> None:
+    # "dense" also matches the last layer's output.dense, which is part of a head here (as BERT's
+    # pooler is in the sentiment recipe): the head trains in full, its original gets no adapter
+    # weights, and every trainable parameter gets a gradient (AdaLoRA's budget step needs them all).
+    model = make_model("bert")
+    head = "bert.encoder.layer.1.output"
+    options = {"adalora": {"total_step": 10}}.get(method, {})
+    wrapped = peftkit.wrap(
+        model, method, target_modules=["dense"], head_modules=["classifier", head], **options
+    )
+    batch = make_batch("bert", device=wrapped.device)
+    wrapped.train()
+    wrapped(**batch).loss.backward()
+    trainable = {n: p for n, p in wrapped.named_parameters() if p.requires_grad}
+    assert [n for n, p in trainable.items() if p.grad is None] == []
+    assert not [n for n in trainable if n.startswith(head) and "modules_to_save" not in n]
+    assert any(n.startswith("bert.encoder.layer.0.output.dense.") for n in trainable)
+    if method == "adalora":
+        peftkit.on_optimizer_step(wrapped, 1)  # peft's rank allocator reads every gradient
