@@ -52,7 +52,7 @@ def _size_lines(data: dict[str, Any]) -> list[str]:
     if data.get("tiny"):
         return []
     if data.get("size", "budget") == "recipe":
-        return ["Size: each recipe's default (3 epochs over the whole training set).", ""]
+        return ["Size: each recipe's default (all epochs over the whole training set).", ""]
     sizes = "; ".join(f"{task.label.split(',')[0]}: `{' '.join(task.budget)}`" for task in TASKS.values())
     return [f"Size: budget, each run with the recipe's defaults plus {sizes}.", ""]
 
