@@ -251,8 +251,9 @@ def load_pretrained(
     """Load the base model for ``task``: full precision, or 8-bit / 4-bit as ``config`` says.
 
     Args:
-        config: Provides ``load_in_8bit``, ``load_in_4bit``, ``base_dtype``, ``gradient_checkpointing``
-            and ``max_length`` (checked against the model's positions).
+        config: Provides ``load_in_8bit``, ``load_in_4bit``, ``base_dtype``, ``gradient_checkpointing``,
+            ``max_length`` (checked against the model's positions) and ``method_options``' ``head_modules``
+            (kept unquantised, to be trained in full).
         path: Model directory.
         task: ``"token-classification"``, ``"sequence-classification"`` or ``"causal-lm"``.
         device: The run's device (``accelerator.device``): a quantised base is loaded straight onto it
@@ -273,6 +274,7 @@ def load_pretrained(
         load_in_8bit=config.load_in_8bit,
         load_in_4bit=config.load_in_4bit,
         gradient_checkpointing=config.gradient_checkpointing,
+        keep_unquantized=list((config.method_options or {}).get("head_modules") or ()),
         **kwargs,
     )
     check_max_length(config, model.config.to_dict())

@@ -17,6 +17,7 @@ from torch import nn
 from torch.testing import assert_close
 from transformers import BertConfig, BertForTokenClassification
 
+import peftkit
 from peftkit.errors import QuantizationError
 from peftkit.quantization import (
     TASKS,
@@ -407,3 +408,28 @@ def test_quantised_loads_read_the_checkpoint_with_pread(tiny_model_dir, monkeypa
     assert modeling_utils.safe_open is recording_safe_open  # restored after the load
     load_base(tiny_model_dir("bert"), num_labels=5)
     assert backends == ["pread", "mmap"]  # full-precision loads map the file lazily, as before
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_more_heads_can_be_kept_unquantised_and_trained(tiny_model_dir, bits: int) -> None:
+    # The sentiment recipe trains BERT's [CLS] pooler with the classifier (head_modules): a
+    # quantised pooler could not be trained, so the recipe keeps it unquantised.
+    path = tiny_model_dir("bert")
+    options = {f"load_in_{bits}bit": True, "ignore_mismatched_sizes": True}
+    model = load_base(
+        path, task="sequence-classification", num_labels=2, keep_unquantized=["bert.pooler"], **options
+    )
+    pooler = model.bert.pooler.dense
+    assert type(pooler) is nn.Linear and pooler.weight.dtype == torch.float32 and pooler.weight.requires_grad
+    wrapped = peftkit.wrap(
+        model, "lora", target_modules=["query"], head_modules=["classifier", "bert.pooler"]
+    )
+    batch = make_batch("bert", device=model_device(wrapped))
+    batch["labels"] = batch["labels"][:, 0].clamp(max=1)
+    wrapped.train()
+    wrapped(**batch).loss.backward()
+    assert all(p.grad is not None for p in wrapped.parameters() if p.requires_grad)
+    with pytest.raises(QuantizationError, match="keep_unquantized names no module of this model: bert.pooll"):
+        load_base(
+            path, task="sequence-classification", num_labels=2, keep_unquantized=["bert.pooll"], **options
+        )

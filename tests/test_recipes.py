@@ -392,6 +392,24 @@ def test_sentiment_recipe_scores_the_whole_split_and_its_adapter_reproduces_them
     assert {**again, "loss": loss, **predicted} == pytest.approx(metrics["test"], rel=1e-4)
 
 
+@pytest.mark.parametrize("flags", [("--load-in-8bit",), ("--load-in-4bit",), ("--method", "adalora")])
+def test_sentiment_recipe_trains_its_pooler_head_on_quantised_bases_and_with_adalora(
+    flags: tuple[str, ...], tiny_bert: Path, sentiment_csv: Path, tmp_path: Path
+) -> None:
+    # The recipe trains bert.pooler with the classifier (head_modules): a quantised base keeps it
+    # unquantised, and AdaLoRA's "dense" targets leave the pooler's dense layer to the head.
+    out = tmp_path / "sentiment"
+    method = ["--r", 4, "--target-modules", "query", "dense", "--method-options",
+              "{head_modules: [classifier, bert.pooler], init_r: 6, tinit: 1, tfinal: 1, delta_t: 1}"]  # fmt: skip
+    launch(
+        "sentiment_adapter.py", 1, "--model-path", tiny_bert, "--data-file", sentiment_csv,
+        "--output-dir", out, "--epochs", 1, "--batch-size", 8, "--log-every", 5,
+        *(flags if flags[0] != "--method" else (*flags, *method)),
+    )  # fmt: skip
+    metrics = read_metrics(out)
+    assert metrics["global_step"] == 10 and 0.0 <= metrics["test"]["accuracy"] <= 1.0
+
+
 # ---------------------------------------------------------------------------------------------
 # Causal LM with AdaLoRA
 

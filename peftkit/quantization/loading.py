@@ -22,6 +22,7 @@ float32 compute), bitsandbytes' CPU path, or bitsandbytes' CUDA kernels.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -154,11 +155,14 @@ def _check_converted(model: nn.Module, bits: int, skipped: list[str]) -> list[nn
     backbone = models.backbone(model) or model
     # the architecture's own choice (T5 keeps its feed-forward output "wo" in fp32 for stability)
     kept_by_design = set(getattr(model, "_keep_in_fp32_modules", None) or ())
+    prefix = next((name + "." for name, m in model.named_modules() if m is backbone and name), "")
     left = sorted(
         {
             type(m).__name__
             for name, m in backbone.named_modules()
-            if not any(name == kept or name.startswith(kept + ".") for kept in skipped)
+            if not any(
+                f"{prefix}{name}" == kept or f"{prefix}{name}".startswith(kept + ".") for kept in skipped
+            )
             and not kept_by_design & set(name.split("."))
             and not isinstance(m, (quantized, nn.Embedding))
             and (weight := m._parameters.get("weight")) is not None
@@ -225,6 +229,7 @@ def load_base(
     device_map: Any = None,
     gradient_checkpointing: bool = False,
     fast_int8: bool | None = None,
+    keep_unquantized: Sequence[str] = (),
     **from_pretrained_kwargs: Any,
 ) -> Any:
     """Load the base model for ``task`` from ``path``: full precision, 8-bit or 4-bit (NF4) linear layers.
@@ -245,6 +250,9 @@ def load_base(
             ``None`` (default) enables it for an 8-bit model on CPU with a float32 compute dtype; with
             bfloat16/float16 it stays off, because its packed weight copy doubles the memory of the
             8-bit weights. Ignored without ``load_in_8bit``.
+        keep_unquantized: More modules to keep unquantised and in float32, like the task heads: those
+            you will train in full (``head_modules=[...]`` of :func:`peftkit.wrap`, e.g. BERT's
+            ``bert.pooler``). Ignored without quantisation.
         **from_pretrained_kwargs: Passed to ``from_pretrained`` (``revision``, ...). ``dtype`` is the
             precision of everything not quantised and of the activations (the *compute dtype*):
             ``torch.bfloat16`` saves the most memory. Without it, 8-bit bases keep float32 and 4-bit
@@ -290,14 +298,22 @@ def load_base(
             f"drop quantization_config, or pass it without load_in_{bits}bit to use it as it is."
         )
     compute_dtype = _pop_dtype(kwargs, path) or (torch.float32 if bits == 8 else torch.bfloat16)
-    skipped = skip_modules(path, task, **kwargs)
+    skipped = sorted({*skip_modules(path, task, **kwargs), *keep_unquantized})
     kwargs["quantization_config"] = _quantization_config(bits, skipped, compute_dtype)
     with pread_checkpoints():  # the checkpoint is read once: never let its mapped pages count as memory
         model = cls.from_pretrained(
             path, device_map=_default_device_map(device_map), dtype=compute_dtype, **kwargs
         )
     layers = _check_converted(model, bits, skipped)
-    prepare_for_kbit_training(model, head_module_names(model), gradient_checkpointing)
+    heads = list(dict.fromkeys([*head_module_names(model), *keep_unquantized]))
+    modules = dict(model.named_modules())
+    unknown = [name for name in heads if name not in modules]
+    if unknown:
+        raise QuantizationError(
+            f"keep_unquantized names no module of this model: {', '.join(unknown)}; top-level modules: "
+            f"{', '.join(name for name, _ in model.named_children())}."
+        )
+    prepare_for_kbit_training(model, heads, gradient_checkpointing)
     on_cpu = _on_cpu(model)
     if bits == 4 and on_cpu:
         _keep_4bit_weights_trainable_after_eval(layers)
