@@ -14,6 +14,11 @@ no random initialisation on the CPU) and saved once to a scratch directory for `
    bf16 reference), several processes at once (each has its own counter).
 2. **Speed**, in this process, interleaved round-robin so drifts hit every variant alike: median time
    of a LoRA training step and of an inference forward, as ratios to the bf16 base.
+3. **Step speed of the methods** (:func:`benchmarks.step_speed.measure_step_speed`) on a bf16 Llama
+   of about 0.5B parameters (:data:`benchmarks.llama_shape.LLAMA_05B`, built on the GPU), batch
+   16 x 256: full fine-tuning, peftkit's LoRA (r 16 on every linear layer), plain peft's LoRA,
+   AdaLoRA and the adapters, as paired tokens/s ratios. Goals: LoRA >= 1.3x full fine-tuning
+   and >= 1.15x plain peft.
 
 Writes ``gpu-bench.json`` and ``gpu-bench.md`` to ``--out`` (default ``$OUT``, else
 /tmp/peftkit-gpu-out), and prints the Markdown. Exit status 0 when it ran (goals are reported, not
@@ -42,6 +47,45 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 MEMORY_VARIANTS = ["fp32", "bf16", "8bit", "4bit", "peft-8bit", "peft-4bit", "peft-bf16"]
 SPEED_VARIANTS = ["bf16", "8bit", "4bit", "peft-8bit", "peft-4bit"]
+STEP_VARIANTS = ["full", "lora", "peft-lora", "adalora", "adapter", "parallel"]
+#: Goals of the step-speed part: ratio name -> minimum tokens/s ratio.
+STEP_GOALS = {"lora/full": 1.3, "lora/peft-lora": 1.15, "adalora/full": 1.3, "adapter/full": 1.3}
+
+
+def measure_method_steps(
+    device: str, shape: dict[str, Any], batch: int, seq_len: int, rounds: int
+) -> dict[str, Any]:
+    """Paired step-speed ratios of the methods on a random bf16 Llama of ``shape`` built on ``device``."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from benchmarks.step_speed import measure_step_speed
+
+    def make_base() -> Any:
+        torch.manual_seed(0)
+        with torch.device(device):  # random initialisation on the GPU: seconds, not minutes
+            return LlamaForCausalLM(LlamaConfig(**shape)).to(torch.bfloat16)
+
+    found = measure_step_speed(
+        make_base, device=device, variants=STEP_VARIANTS, batch_size=batch, seq_len=seq_len,
+        rounds=rounds, warmup=2,
+    )  # fmt: skip
+    ratios = {name: round(r["wall"]["median"], 3) for name, r in found["ratios"].items()}
+    goals = [
+        {"ratio": name, "value": ratios.get(name), "goal": goal,
+         "verdict": "PASS" if ratios.get(name, 0) >= goal else "FAIL"}
+        for name, goal in STEP_GOALS.items()
+    ]  # fmt: skip
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    return {
+        "tokens": found["tokens"],
+        "rounds": rounds,
+        "dtype": found["dtype"],
+        "ratios": ratios,
+        "goals": goals,
+    }
 
 
 def _sync(device: str) -> None:
@@ -119,6 +163,18 @@ def render(result: dict[str, Any]) -> str:
             text += f"| {name} | {m['train']:.4f} | {r.get('train', '')} | {m['infer']:.4f} | {r.get('infer', '')} |\n"
     for name, error in (speed.get("errors") or {}).items():
         text += f"\nspeed: {name} failed: {error}\n"
+    steps = result.get("method_steps") or {}
+    if steps.get("ratios"):
+        text += (
+            f"\n## Method step speed ({steps['dtype']}, {steps['tokens']} tokens per step, {steps['rounds']} "
+            "paired rounds; tokens/s ratios, wall time)\n\n| ratio | value | goal | verdict |\n|---|---|---|---|\n"
+        )
+        goals = {g["ratio"]: g for g in steps["goals"]}
+        for name, value in steps["ratios"].items():
+            goal = goals.get(name)
+            text += f"| {name} | {value} | {'>= ' + str(goal['goal']) if goal else ''} | {goal['verdict'] if goal else ''} |\n"
+    if steps.get("error"):
+        text += f"\nmethod steps failed: {steps['error']}\n"
     return text
 
 
@@ -132,6 +188,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=4, help="memory probes at once (default 4)")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--skip-steps", action="store_true", help="skip the methods' step-speed part")
     parser.add_argument(
         "--budget",
         type=float,
@@ -149,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # plain peft's 8-bit matmuls warn per call
     import torch
 
-    from benchmarks.llama_shape import TINY, TINYLLAMA_1B, ensure_checkpoint
+    from benchmarks.llama_shape import LLAMA_05B, TINY, TINYLLAMA_1B, ensure_checkpoint
     from benchmarks.machine import describe_machine
     from benchmarks.quantized_memory import run
 
@@ -197,6 +254,20 @@ def main(argv: list[str] | None = None) -> int:
         variants = SPEED_VARIANTS if not args.dry else ["bf16", "8bit", "4bit", "peft-8bit"]
         result["speed"] = measure_speed(str(checkpoint), device, variants, batch, seq_len, rounds)
         progress(f"speed: {result['speed'].get('speed_vs_bf16')}")
+    left = args.budget - (time.perf_counter() - start)
+    if not args.skip_steps and left < 30:
+        result["method_steps"] = {"error": f"skipped: {left:.0f} s of the {args.budget:.0f} s budget left"}
+    elif not args.skip_steps:
+        steps_shape, steps_batch = (TINY, (2, 32)) if args.dry else (LLAMA_05B, (16, 256))
+        try:
+            result["method_steps"] = measure_method_steps(
+                device, steps_shape, *steps_batch, rounds=max(rounds, 2)
+            )
+        except Exception as exc:  # report it with what was measured before
+            result["method_steps"] = {"error": f"{type(exc).__name__}: {exc}"}
+        progress(
+            f"method steps: {result['method_steps'].get('ratios') or result['method_steps'].get('error')}"
+        )
     text = save(result)
     print(text)
     print(f"Results: {out / 'gpu-bench.json'}, {out / 'gpu-bench.md'}")

@@ -32,6 +32,16 @@ TINYLLAMA_1B: dict[str, Any] = {
     "tie_word_embeddings": False,
 }
 
+#: A Llama of about half a billion parameters (471M: TinyLlama's vocabulary and grouped attention,
+#: hidden 1280, 22 layers): the step-speed check of :mod:`benchmarks.gpu` (issue #21's 0.5B model).
+LLAMA_05B: dict[str, Any] = {
+    **TINYLLAMA_1B,
+    "hidden_size": 1280,
+    "intermediate_size": 3584,
+    "num_attention_heads": 20,
+    "num_key_value_heads": 4,
+}
+
 #: The same architecture, tiny: for ``--dry`` runs and tests.
 TINY: dict[str, Any] = {
     **TINYLLAMA_1B,

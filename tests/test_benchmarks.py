@@ -144,12 +144,21 @@ def test_gpu_benchmark_dry_run_writes_its_two_result_files(tmp_path):
     assert set(speed["speed_vs_bf16"]) == {"bf16", "8bit", "4bit", "peft-8bit"}
     assert speed["speed_vs_bf16"]["bf16"] == {"train": 1.0, "infer": 1.0}
     assert "## Speed" in (tmp_path / "gpu-bench.md").read_text()
+    steps = result["method_steps"]
+    assert "error" not in steps, steps.get("error")
+    assert {"lora/full", "lora/peft-lora", "adalora/full", "adapter/full"} <= set(steps["ratios"])
+    assert all(r > 0 for r in steps["ratios"].values()) and steps["dtype"] == "bfloat16"
+    assert {g["verdict"] for g in steps["goals"]} <= {"PASS", "FAIL"}
+    assert "## Method step speed" in (tmp_path / "gpu-bench.md").read_text()
 
 
 def test_the_random_llama_has_tinyllamas_parameter_count():
     from benchmarks.llama_shape import TINY, TINYLLAMA_1B, build_random_llama, parameter_count
 
     assert parameter_count(TINYLLAMA_1B) == 1_100_048_384
+    from benchmarks.llama_shape import LLAMA_05B
+
+    assert 0.45e9 < parameter_count(LLAMA_05B) < 0.5e9  # the GPU check's "0.5B Llama"
     model = build_random_llama(TINY)
     assert sum(p.numel() for p in model.parameters()) == parameter_count(TINY)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
