@@ -65,6 +65,8 @@ class CommonConfig(RecipeConfig):
     threads: int | None = None
 
     extra_methods: ClassVar[dict[str, str]] = {FULL: "full fine-tuning, the baseline"}
+    #: Options of the config file reset because ``--method`` chose another method (not an option).
+    file_options_not_used: ClassVar[list[str]] = []
 
     def validate(self) -> None:
         """Validate like :class:`RecipeConfig`, accepting ``method: full`` as well."""
@@ -128,7 +130,60 @@ def parse_args(cls: type[TrainConfig], argv: Sequence[str] | None, default_confi
     argv = list(sys.argv[1:] if argv is None else argv)
     if not any(a in ("-c", "--config") or a.startswith("--config=") for a in argv):
         argv = ["--config", str(CONFIG_DIR / default_config), *argv]
-    return parse_config(cls, argv, prog=Path(sys.argv[0]).name)
+    config = parse_config(cls, argv, prog=Path(sys.argv[0]).name)
+    if isinstance(config, CommonConfig):
+        config.file_options_not_used = drop_file_options_of_another_method(config, argv)
+    return config
+
+
+def _option_given(argv: Sequence[str], flag: str) -> bool:
+    return any(a == flag or a.startswith(flag + "=") for a in argv)
+
+
+def _config_file(argv: Sequence[str]) -> Path | None:
+    for index, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return Path(arg.split("=", 1)[1])
+        if arg in ("-c", "--config") and index + 1 < len(argv):
+            return Path(argv[index + 1])
+    return None
+
+
+def drop_file_options_of_another_method(config: CommonConfig, argv: Sequence[str]) -> list[str]:
+    """Undo the config file's method-specific options when the command line chose another method.
+
+    A recipe's YAML file tunes its adapter options for its own ``method``: ``target_modules``
+    (LoRA's ``[query, key, value, dense]`` would put a bottleneck adapter after every one of them)
+    and the ``method_options`` keys another method does not have (``placement`` for LoRA). With
+    ``--method`` naming another method, those not also given on the command line are reset to the
+    defaults of the method chosen; options every method shares (``head_modules``) are kept.
+    (``r``, ``alpha`` and ``dropout`` are handled by :meth:`CommonConfig.wrap_options`.)
+
+    Returns:
+        ``name=value`` of each option reset (logged by :func:`apply_method`).
+
+    """
+    import yaml
+
+    path = _config_file(argv)
+    try:
+        file_values = yaml.safe_load(path.read_text(encoding="utf-8")) if path else None
+    except (OSError, yaml.YAMLError):  # parse_config read it already; nothing to undo otherwise
+        return []
+    file_method = file_values.get("method") if isinstance(file_values, dict) else None
+    if file_method is None or config.method == file_method:
+        return []
+    dropped = []
+    if file_values.get("target_modules") is not None and not _option_given(argv, "--target-modules"):
+        dropped.append(f"target_modules={config.target_modules}")
+        config.target_modules = None
+    if config.method != FULL and config.method_options and not _option_given(argv, "--method-options"):
+        config_cls = peftkit.get_method(config.method).config_cls
+        fields = {f.name for f in dataclasses.fields(config_cls)} | set(config_cls.aliases)
+        foreign = {k: v for k, v in config.method_options.items() if k not in fields}
+        dropped += [f"{k}={v}" for k, v in foreign.items()]
+        config.method_options = {k: v for k, v in config.method_options.items() if k in fields}
+    return [f"{item} (set for method {file_method!r} in {path.name})" for item in dropped]
 
 
 def run_recipe(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
@@ -348,6 +403,9 @@ def apply_method(
         ``{"trainable_params": ..., "total_params": ...}``.
 
     """
+    not_used = getattr(config, "file_options_not_used", [])
+    if not_used:
+        logger.warning("method=%s: not using %s.", config.method, "; ".join(not_used))
     if config.method == FULL:
         if isinstance(config, CommonConfig) and config.ignored_for_full():
             logger.warning(

@@ -36,7 +36,8 @@ def test_budget_size_is_the_default_and_sets_adalora_schedule(tmp_path):
         "--load-in-4bit" in budget and "--max-train-samples" in budget and "--max-train-samples" not in recipe
     )
     assert "tinit: 15," in " ".join(budget) and "tinit: 175," in " ".join(recipe)
-    assert method_args("dora", TASKS["ner"])[:2] == ["--method", "dora"]
+    dora = method_args("dora", TASKS["ner"])
+    assert dora[:2] == ["--method", "dora"] and "--target-modules" in dora
 
 
 def test_markdown_averages_seeds():

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+import peftkit
 from peftkit.errors import ConfigError, TrainingError
 from peftkit.state import get_state
 from peftkit.training import planned_optimizer_steps
@@ -95,6 +96,32 @@ def test_adapter_method_drops_rank_options_it_does_not_have(recipes, caplog) -> 
         options = config.wrap_options()
     assert "r" not in options and "alpha" not in options and options["dropout"] == 0.0
     assert "r=16" in caplog.text and config.r == 16  # the config itself is left as it was
+
+
+def test_another_method_does_not_inherit_the_config_files_method_specific_options(recipes, caplog) -> None:
+    # ner_lora.yaml targets LoRA at query/key/value/dense: a bottleneck adapter must keep its own
+    # placement; sentiment_adapter.yaml's placement is no LoRA option, its head_modules are kept.
+    common, ner, sentiment = recipes["common"], recipes["ner_lora"], recipes["sentiment_adapter"]
+    adapter = common.parse_args(ner.NerConfig, ["--method", "adapter"], "ner_lora.yaml")
+    assert adapter.target_modules is None and "target_modules=" in adapter.file_options_not_used[0]
+    model = make_model("bert")
+    with caplog.at_level(logging.WARNING):
+        common.apply_method(model, adapter, DataLoader(range(4)), _OneProcess())
+    assert "not using target_modules=['query', 'key', 'value', 'dense'] (set for method 'lora'" in caplog.text
+    default = peftkit.wrap(make_model("bert"), "adapter", dropout=0.0)  # the adapter's own placement
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == sum(
+        p.numel() for p in default.parameters() if p.requires_grad
+    )
+
+    lora = common.parse_args(sentiment.SentimentConfig, ["--method", "lora"], "sentiment_adapter.yaml")
+    assert lora.method_options == {"head_modules": ["classifier", "bert.pooler"]}
+    assert {item.split("=")[0] for item in lora.file_options_not_used} == {"placement", "reduction_factor"}
+    same = common.parse_args(ner.NerConfig, ["--method", "lora"], "ner_lora.yaml")
+    kept = common.parse_args(
+        ner.NerConfig, ["--method", "dora", "--target-modules", "query"], "ner_lora.yaml"
+    )
+    assert same.target_modules == ["query", "key", "value", "dense"] and kept.target_modules == ["query"]
+    assert same.file_options_not_used == kept.file_options_not_used == []
 
 
 def test_adalora_total_step_is_computed_from_the_training_loader(recipes) -> None:

@@ -160,8 +160,8 @@ def method_args(method: str, task: Task, budget: bool = True) -> list[str]:
     if method == "full":
         return ["--method", "full", "--lr", str(task.full_lr)]
     if method in ("lora", "dora"):
-        if not sentiment:
-            return ["--method", method]  # the NER recipe's defaults are LoRA's
+        if method == "lora" and not sentiment:
+            return ["--method", "lora"]  # the NER recipe's defaults are LoRA's
         return ["--method", method, "--r", "16", "--alpha", "32", *_LORA_TARGETS, "--lr", "1e-3",
                 "--method-options", "{" + ", ".join(heads) + "}"]  # fmt: skip
     if method == "adalora":
