@@ -35,7 +35,7 @@ def test_budget_size_is_the_default_and_sets_adalora_schedule(tmp_path):
     assert (
         "--load-in-4bit" in budget and "--max-train-samples" in budget and "--max-train-samples" not in recipe
     )
-    assert "tinit: 15," in " ".join(budget) and "tinit: 175," in " ".join(recipe)
+    assert "tinit: 15," in " ".join(budget) and "tinit: 351," in " ".join(recipe)
     dora = method_args("dora", TASKS["ner"])
     assert dora[:2] == ["--method", "dora"] and "--target-modules" in dora
 

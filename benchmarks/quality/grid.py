@@ -76,8 +76,8 @@ TASKS: dict[str, Task] = {
         "CoNLL-2003 NER, test entity F1",
         2e-3,
         1e-4,
-        1756,
-        budget=("--max-train-samples", "5000", "--epochs", "1"),
+        3512,
+        budget=("--max-train-samples", "5000", "--epochs", "1", "--batch-size", "32"),
         budget_steps=157,
     ),
     "sentiment": Task(
