@@ -19,6 +19,12 @@ def aggregate(data: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
     for record in data["cells"].values():
         if record.get("status") == "ok" and record.get("score") is not None:
             groups[(record["task"], record["variant"])].append(record)
+    # Percentages are of the base model (full fine-tuning's parameter count): a quantised base
+    # counts its packed 4-bit weights as half as many parameters, and adapters add their own.
+    totals: dict[str, int] = {}
+    for (task, variant), records in groups.items():
+        if variant == "full" and records[0].get("total_params"):
+            totals[task] = records[0]["total_params"]
     rows = {}
     for key, records in groups.items():
         records.sort(key=lambda r: r["seed"])
@@ -31,7 +37,11 @@ def aggregate(data: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
             "spread": (max(scores) - min(scores)) / 2 if len(scores) > 1 else None,
             "valid": statistics.fmean(valid) if valid else None,
             "trainable_params": records[0]["trainable_params"],
-            "trainable_pct": records[0]["trainable_pct"],
+            "trainable_pct": (
+                round(100 * records[0]["trainable_params"] / totals[key[0]], 3)
+                if totals.get(key[0]) and records[0].get("trainable_params")
+                else records[0]["trainable_pct"]
+            ),
             "adapter_bytes": records[0]["adapter_bytes"],
             "cpu_seconds": statistics.fmean(r["cpu_seconds"] for r in records),
         }
