@@ -11,8 +11,8 @@ process), :mod:`~benchmarks.flops` (GEMM peak, model FLOPs, MFU), :mod:`~benchma
 :mod:`~benchmarks.report` (Markdown + plots), :mod:`~benchmarks.profile_step` (torch.profiler).
 """
 
-from peftkit.threads import prefer_passive_openmp
+from peftkit.threads import limit_openmp_spinning
 
-# Before anything imports torch: OpenMP threads sleep at barriers instead of spinning, so timings
+# Before anything imports torch: OpenMP threads spin briefly at barriers, then sleep, so timings
 # taken while other jobs share the cores degrade with the load, not >10x (see peftkit/threads.py).
-prefer_passive_openmp()
+limit_openmp_spinning()

@@ -21,11 +21,11 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from peftkit.threads import prefer_passive_openmp
+from peftkit.threads import limit_openmp_spinning
 
-# Before torch loads OpenMP: waiting threads sleep instead of spinning, so a recipe sharing its cores
-# with other jobs slows down in proportion to the load instead of >10x (see peftkit/threads.py).
-prefer_passive_openmp()
+# Before torch loads OpenMP: waiting threads spin briefly, then sleep, so a recipe runs at full speed
+# on idle cores and slows down in proportion to the load on shared ones (see peftkit/threads.py).
+limit_openmp_spinning()
 
 import torch  # noqa: E402
 from accelerate import Accelerator  # noqa: E402

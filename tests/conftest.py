@@ -9,9 +9,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from peftkit.threads import prefer_passive_openmp  # noqa: E402
+from peftkit.threads import limit_openmp_spinning  # noqa: E402
 
-prefer_passive_openmp()  # before torch: sleeping, not spinning, OpenMP threads on shared CI cores
+limit_openmp_spinning()  # before torch: OpenMP threads spin briefly, then sleep (shared CI cores)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
