@@ -8,7 +8,8 @@ Modules: :mod:`~benchmarks.settings` (what one run measures), :mod:`~benchmarks.
 :mod:`~benchmarks.stats`, :mod:`~benchmarks.variants` (fp32 / 8-bit x methods),
 :mod:`~benchmarks.measure` (interleaved timing), :mod:`~benchmarks.memory` (peak RSS in a fresh
 process), :mod:`~benchmarks.flops` (GEMM peak, model FLOPs, MFU), :mod:`~benchmarks.goals`,
-:mod:`~benchmarks.report` (Markdown + plots), :mod:`~benchmarks.profile_step` (torch.profiler).
+:mod:`~benchmarks.report` (Markdown + plots), :mod:`~benchmarks.profile_step` (torch.profiler),
+:mod:`~benchmarks.openmp_wait` (OpenMP waiting on idle and shared cores).
 """
 
 from peftkit.threads import limit_openmp_spinning

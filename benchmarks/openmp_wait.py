@@ -43,10 +43,14 @@ SCENARIOS = ("idle", "pair", "beside-gemm")
 RECIPE_BATCH = (16, 24)
 
 
-def worker(steps: int, threads: int, batch: int, seq_len: int, warmup: int = 5) -> dict[str, float]:
-    """Time ``steps`` LoRA training steps in this process; median wall and CPU ms per step."""
+def worker(steps: int, threads: int, batch: int, seq_len: int, warmup: int = 5) -> dict[str, Any]:
+    """Time ``steps`` LoRA training steps in this process; median wall and CPU ms per step.
+
+    The result also names the OpenMP variables this process saw (``openmp``).
+    """
     import torch
 
+    from benchmarks.measure import Runner
     from benchmarks.step_speed import (
         MAX_GRAD_NORM,
         RECIPE_LORA,
@@ -54,7 +58,6 @@ def worker(steps: int, threads: int, batch: int, seq_len: int, warmup: int = 5) 
         build_step_variant,
         synthetic_batch,
     )
-    from benchmarks.measure import Runner
     from benchmarks.variants import load_base
     from peftkit.notices import hide_unused_bnb_kernel_notice
 
@@ -75,7 +78,8 @@ def worker(steps: int, threads: int, batch: int, seq_len: int, warmup: int = 5) 
         runner.train_step(data)
         wall.append(1000 * (time.perf_counter() - start))
         cpu.append(1000 * (time.process_time() - cpu_start))
-    return {"wall_ms": statistics.median(wall), "cpu_ms": statistics.median(cpu)}
+    openmp = {name: os.environ.get(name) for name in (WAIT_POLICY, SPIN_COUNT_VARIABLE)}
+    return {"wall_ms": statistics.median(wall), "cpu_ms": statistics.median(cpu), "openmp": openmp}
 
 
 def gemm_loop(seconds: float) -> None:
@@ -98,10 +102,12 @@ def _environment(setting: str) -> dict[str, str]:
 def _start_worker(setting: str, args: argparse.Namespace) -> subprocess.Popen[str]:
     command = [sys.executable, "-m", "benchmarks.openmp_wait", "--worker", "--steps", str(args.steps),
                "--threads", str(args.threads), "--batch", str(args.batch), "--seq-len", str(args.seq_len)]  # fmt: skip
-    return subprocess.Popen(command, env=_environment(setting), stdout=subprocess.PIPE, text=True, cwd=Path.cwd())
+    return subprocess.Popen(
+        command, env=_environment(setting), stdout=subprocess.PIPE, text=True, cwd=Path.cwd()
+    )
 
 
-def _collect(process: subprocess.Popen[str]) -> dict[str, float]:
+def _collect(process: subprocess.Popen[str]) -> dict[str, Any]:
     out, _ = process.communicate()
     if process.returncode != 0:
         raise RuntimeError(f"benchmark worker failed with exit code {process.returncode}")
@@ -143,7 +149,10 @@ def report(result: dict[str, Any]) -> str:
     samples = result["samples"]
     median = {
         scenario: {
-            setting: (statistics.median(s["wall_ms"] for s in rows), statistics.median(s["cpu_ms"] for s in rows))
+            setting: (
+                statistics.median(s["wall_ms"] for s in rows),
+                statistics.median(s["cpu_ms"] for s in rows),
+            )
             for setting, rows in by_setting.items()
             if rows
         }
@@ -185,7 +194,9 @@ def report(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: ``python -m benchmarks.openmp_wait [--rounds N] [--scenarios ...] [--settings ...]``."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.openmp_wait", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.openmp_wait", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--steps", type=int, default=40, help="timed steps per process")
     parser.add_argument("--threads", type=int, default=2)
@@ -211,11 +222,11 @@ def main(argv: list[str] | None = None) -> int:
         threads=args.threads, steps=args.steps, rounds=args.rounds, batch=args.batch, seq_len=args.seq_len,
     )  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"openmp-wait-{result['machine']['slug']}-{result['date']}"
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    stem = f"openmp-wait-{result['machine']['slug']}-{result['date']}"
+    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
     markdown = report(result)
-    stem.with_suffix(".md").write_text(markdown)
-    print(markdown + f"results: {stem}.json / .md")
+    (args.out / f"{stem}.md").write_text(markdown)
+    print(markdown + f"results: {args.out / stem}.json / .md")
     return 0
 
 

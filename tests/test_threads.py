@@ -22,7 +22,12 @@ OPENMP_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 def run_python(code: str, **env: str) -> str:
     clean = {k: v for k, v in os.environ.items() if k not in OPENMP_VARIABLES}
     done = subprocess.run(
-        [sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True, check=True, cwd=ROOT
+        [sys.executable, "-c", code],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
     )
     return done.stdout.strip().splitlines()[-1]
 

@@ -6,8 +6,8 @@ Each *cell* is one run of a recipe (a subprocess) for one method x task x base x
   ``sentiment`` (Rotten Tomatoes, ``recipes/sentiment_adapter.py``, test accuracy);
 * methods by name: ``full``, ``lora``, ``adalora`` (final rank budget equal to LoRA's),
   ``adapter-houlsby``, ``adapter-pfeiffer``, and any other registered peftkit method (it runs with
-  the task's adapter settings, so new methods join the grid by name); ``NAME@int8`` runs a method
-  on the 8-bit base;
+  the task's adapter settings, so new methods join the grid by name); ``NAME@int8`` / ``NAME@int4``
+  runs a method on the 8-bit / 4-bit base;
 * seeds (default 42 and 7).
 
 Results are appended to a JSON file (default ``benchmarks/results/quality.json``) keyed by cell,
@@ -20,5 +20,6 @@ trainable parameters. ``--tiny`` runs the same machinery on a tiny random BERT a
 synthetic examples (seconds per cell; the test of resumability uses it).
 
 Modules: :mod:`.grid` (cells and their recipe options), :mod:`.results` (the results file),
-:mod:`.runner` (one cell as a subprocess), :mod:`.report`, :mod:`.tiny`, :mod:`.cli`.
+:mod:`.runner` (one cell as a subprocess), :mod:`.report`, :mod:`.tiny`, and ``__main__`` (the
+command line).
 """

@@ -10,9 +10,9 @@ and the Houlsby adapter on sentiment; full fine-tuning at the usual lower learni
 AdaLoRA with LoRA's rank, targets and learning rate (AdaLoRA's final budget equals LoRA's r).
 
 Size: by default every cell trains at the task's *budget* size (:attr:`Task.budget`: one epoch
-on the first 5,000 training sentences), so that the 40 cells fit in about an hour of two CPU
-cores; ``--recipe-size`` runs each recipe at its own default size (all its epochs over the whole
-training set: about 15 CPU-hours for the grid).
+on the first 5,000 training sentences), so that the 40 cells take about 1.4 CPU-hours
+(measured 2026-12-05); ``--recipe-size`` runs each recipe at its own default size (all its epochs over the whole
+training set: an estimated 10-15 CPU-hours for the grid).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ DEFAULT_METHODS = (
 )  # fmt: skip
 DEFAULT_TASKS = ("ner", "sentiment")
 DEFAULT_SEEDS = (42, 7)
-#: Base-model variants: recipe options that load the base (4-bit joins here when a recipe supports it).
+#: Base-model variants: recipe options that load the base.
 BASES: dict[str, list[str]] = {"fp32": [], "int8": ["--load-in-8bit"], "int4": ["--load-in-4bit"]}
 
 # The sentiment recipe trains the [CLS] pooler with the head (see recipes/configs/sentiment_adapter.yaml).
