@@ -30,7 +30,8 @@ from typing import Any
 
 from peftkit.threads import SPIN_COUNT, SPIN_COUNT_VARIABLE, WAIT_POLICY
 
-RESULTS = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results"
 #: Setting name -> OpenMP environment of the worker.
 SETTINGS: dict[str, dict[str, str]] = {
     "passive": {WAIT_POLICY: "PASSIVE"},
@@ -102,9 +103,7 @@ def _environment(setting: str) -> dict[str, str]:
 def _start_worker(setting: str, args: argparse.Namespace) -> subprocess.Popen[str]:
     command = [sys.executable, "-m", "benchmarks.openmp_wait", "--worker", "--steps", str(args.steps),
                "--threads", str(args.threads), "--batch", str(args.batch), "--seq-len", str(args.seq_len)]  # fmt: skip
-    return subprocess.Popen(
-        command, env=_environment(setting), stdout=subprocess.PIPE, text=True, cwd=Path.cwd()
-    )
+    return subprocess.Popen(command, env=_environment(setting), stdout=subprocess.PIPE, text=True, cwd=REPO)
 
 
 def _collect(process: subprocess.Popen[str]) -> dict[str, Any]:
@@ -124,7 +123,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         hog = None
         if scenario == "beside-gemm":
             hog = subprocess.Popen([sys.executable, "-m", "benchmarks.openmp_wait", "--gemm-loop", "3600"],
-                                   env=_environment("default"), cwd=Path.cwd())  # fmt: skip
+                                   env=_environment("default"), cwd=REPO)  # fmt: skip
             time.sleep(3)
         try:
             for index in range(args.rounds):
