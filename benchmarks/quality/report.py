@@ -115,28 +115,33 @@ def render_plot(data: dict[str, Any], path: Path) -> Path | None:
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4.2), squeeze=False)
+    # One colour and marker per method, the same in every panel, named once in a legend below
+    # (labels next to the points overlap where methods score alike).
+    variants = list(dict.fromkeys(variant for _, variant in _order(rows)))
+    markers = "osD^vPX*<>ph"
+    style = {v: (f"C{i % 10}", markers[i % len(markers)]) for i, v in enumerate(variants)}
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4.6), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
         for (row_task, variant), row in sorted(rows.items()):
             if row_task != task or not row["trainable_params"]:
                 continue
-            ax.errorbar(
-                row["trainable_params"],
-                row["score"],
-                yerr=row["spread"] or 0,
-                fmt="o",
-                capsize=3,
-                label=variant,
-            )
-            ax.annotate(variant, (row["trainable_params"], row["score"]), textcoords="offset points",
-                        xytext=(5, 4), fontsize=8)  # fmt: skip
+            color, marker = style[variant]
+            ax.errorbar(row["trainable_params"], row["score"], yerr=row["spread"] or 0, fmt=marker,
+                        color=color, capsize=3, markersize=7, alpha=0.85, label=variant)  # fmt: skip
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("trainable parameters")
         ax.set_ylabel(f"test {TASKS[task].metric} (%)")
         ax.set_title(TASKS[task].label)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
+    handles = {}
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    ordered = [v for v in variants if v in handles]
+    fig.legend([handles[v] for v in ordered], ordered, loc="lower center", ncol=min(len(ordered), 5),
+               fontsize=8, frameon=False)  # fmt: skip
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
