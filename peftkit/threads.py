@@ -7,12 +7,12 @@ small operators:
 
 * libgomp's default: on cores that another job also uses, a thread spins through the time slice
   its preempted sibling needs to reach the barrier. The NER recipe's LoRA step beside another
-  2-thread torch job ran 2.5x-10x slower than alone, at up to 5x the CPU time.
+  2-thread torch job ran 2.5x-20x slower than alone, at up to 5x the CPU time.
 * ``OMP_WAIT_POLICY=PASSIVE`` (no spinning): every barrier costs a futex sleep and wake-up, which
   leaves 2 threads barely faster than 1 on an idle machine (the recipe's step 1.3x slower than with
   spinning threads).
 
-A short spin, :data:`SPIN_COUNT` polls (a few microseconds), keeps the idle speed of spinning
+A short spin, :data:`SPIN_COUNT` polls (a hundredth of libgomp's default), keeps the idle speed of spinning
 threads and slows down by the fair share (~2x) beside another 2-thread job (``python -m
 benchmarks.openmp_wait``; numbers in the README's "Shared cores").
 
