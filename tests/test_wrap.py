@@ -194,3 +194,24 @@ def test_targets_inside_a_head_are_left_to_the_head(method: str) -> None:
     assert any(n.startswith("bert.encoder.layer.0.output.dense.") for n in trainable)
     if method == "adalora":
         peftkit.on_optimizer_step(wrapped, 1)  # peft's rank allocator reads every gradient
+
+
+@pytest.mark.parametrize("method", ["adapter", "parallel"])
+def test_a_second_adapter_leaves_the_heads_trained_copies_alone(method: str) -> None:
+    # Once the head is wrapped, its trained copy (modules_to_save.default...) also matches "dense":
+    # the second adapter must not put its layers inside the first adapter's head copy.
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    head = "bert.encoder.layer.1.output"
+    options = {"target_modules": ["dense"]} if method == "adapter" else {}
+    model = peftkit.wrap(make_model("bert"), method, head_modules=["classifier", head], **options)
+    peftkit.add_adapter(model, method, adapter_name="second", head_modules=["classifier", head], **options)
+    inside_head = [
+        n for n, m in model.named_modules() if n.startswith(head + ".") and isinstance(m, BaseTunerLayer)
+    ]
+    assert inside_head == []
+    assert any(
+        isinstance(m, BaseTunerLayer)
+        for n, m in model.named_modules()
+        if n.startswith("bert.encoder.layer.0.")
+    )

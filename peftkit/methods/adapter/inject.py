@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from torch import nn
 
 from peftkit.methods.adapter.options import PLACEMENTS
-from peftkit.targets import default_targets, matches
+from peftkit.targets import default_targets, resolve_targets
 
 if TYPE_CHECKING:
     from peftkit.methods.adapter.options import AdapterOptions
@@ -24,11 +24,7 @@ def build_adapter(
     """Bottleneck adapters after sub-layer outputs (Houlsby or Pfeiffer placement)."""
     from peftkit.methods.adapter.layer import AdapterLayer  # imports peft: only when building
 
-    chosen = [
-        name
-        for name, module in model.named_modules()
-        if name and matches(name, targets) and ".base_layer" not in name and "original_module" not in name
-    ]
+    chosen = resolve_targets(model, targets)
     for name in chosen:
         module = model.get_submodule(name)
         if isinstance(module, AdapterLayer):

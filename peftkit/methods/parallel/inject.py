@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from torch import nn
 
 from peftkit.errors import InvalidOptionError
-from peftkit.targets import default_targets, matches
+from peftkit.targets import default_targets, matches, resolve_targets
 
 if TYPE_CHECKING:
     from peftkit.methods.parallel.layer import ParallelAdapterLayer
@@ -65,11 +65,7 @@ def build_parallel(
     """Scaled parallel bottlenecks reading the feed-forward block's input, added to its output."""
     from peftkit.methods.parallel.layer import ParallelAdapterLayer  # imports peft: only when building
 
-    outputs = [
-        name
-        for name, _ in model.named_modules()
-        if name and matches(name, targets) and ".base_layer" not in name and "original_module" not in name
-    ]
+    outputs = resolve_targets(model, targets)
     input_patterns = (
         config.input_modules if config.input_modules is not None else default_targets(model, "ffn_input")
     )
