@@ -42,6 +42,16 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture
+def fresh_accelerate_state():
+    """Accelerate's process-wide state reset before and after the test (each training builds its own)."""
+    from peftkit.training import reset_accelerate_state
+
+    reset_accelerate_state()
+    yield
+    reset_accelerate_state()
+
+
+@pytest.fixture
 def python_sigint():
     """SIGINT handled as Python does by default (KeyboardInterrupt), restored afterwards.
 

@@ -20,15 +20,10 @@ from torch.utils.data import DataLoader
 import peftkit
 from peftkit.config import TrainConfig
 from peftkit.errors import TrainingError
-from peftkit.training import build_accelerator, reset_accelerate_state, train
+from peftkit.training import build_accelerator, train
 from tests.tiny_models import make_batch, make_model
 
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    reset_accelerate_state()
-    yield
-    reset_accelerate_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 def data(n: int = 16) -> list[dict[str, torch.Tensor]]:

@@ -25,22 +25,13 @@ from transformers import (
 
 import peftkit
 from peftkit.training import reset_accelerate_state
-from tests.tiny_models import make_batch, make_model
+from tests.tiny_models import make_batch, make_examples, make_model
 
 #: Slow moving averages (beta 0.99): a resumed run that lost them prunes other ranks (max |dw| ~0.01).
 ADALORA = dict(total_step=10, tinit=1, tfinal=2, init_r=8, target_r=2, delta_t=1, beta1=0.99, beta2=0.99)
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    reset_accelerate_state()
-    yield
-    reset_accelerate_state()
-
-
-def dataset(n: int = 20) -> list[dict[str, torch.Tensor]]:
-    batch = make_batch("bert", batch=n, seq=8, seed=1)
-    return [{k: v[i] for k, v in batch.items()} for i in range(n)]
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 def wrapped(method: str) -> torch.nn.Module:
@@ -66,7 +57,7 @@ def make_trainer(out, model, *, callbacks=(), save_steps: int = 0) -> Trainer:
     return Trainer(
         model=model,
         args=args,
-        train_dataset=dataset(),
+        train_dataset=make_examples(),
         data_collator=default_data_collator,
         callbacks=list(callbacks),
     )
@@ -125,7 +116,7 @@ def test_adalora_with_its_budget_steps_does_not_warn(tmp_path, how):
             from peftkit.config import TrainConfig
             from peftkit.training import train
 
-            loader = DataLoader(dataset(), batch_size=4, collate_fn=default_data_collator)
+            loader = DataLoader(make_examples(), batch_size=4, collate_fn=default_data_collator)
             train(model, loader, TrainConfig(output_dir=str(tmp_path), epochs=2, lr=1e-2, log_every=5))
     assert not [w for w in caught if "never called" in str(w.message)]
     assert peftkit.state.get_state(model).adapters["default"].handle.last_step == 10

@@ -7,20 +7,10 @@ import torch
 from transformers import Trainer, TrainingArguments, default_data_collator
 
 import peftkit
-from peftkit.training import PeftkitTrainerCallback, reset_accelerate_state
-from tests.tiny_models import make_batch, make_model
+from peftkit.training import PeftkitTrainerCallback
+from tests.tiny_models import make_examples, make_model
 
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    reset_accelerate_state()
-    yield
-    reset_accelerate_state()
-
-
-def dataset(n: int = 20) -> list[dict[str, torch.Tensor]]:
-    batch = make_batch("bert", batch=n, seq=8, seed=1)
-    return [{k: v[i] for k, v in batch.items()} for i in range(n)]
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 def trainer(tmp_path, model: torch.nn.Module, grad_accum: int, epochs: int = 2) -> Trainer:
@@ -40,7 +30,7 @@ def trainer(tmp_path, model: torch.nn.Module, grad_accum: int, epochs: int = 2) 
     return Trainer(
         model=model,
         args=args,
-        train_dataset=dataset(),
+        train_dataset=make_examples(),
         data_collator=default_data_collator,
         callbacks=[PeftkitTrainerCallback()],
     )

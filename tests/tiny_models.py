@@ -130,3 +130,9 @@ def make_batch(
         labels = input_ids.clone()
     out = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
     return out if device is None else on_device(out, device)
+
+
+def make_examples(family: str = "bert", n: int = 20, seq: int = 8) -> list[dict[str, torch.Tensor]]:
+    """``make_batch(family, batch=n, seq=seq)`` split into ``n`` examples (a data set for ``Trainer``)."""
+    batch = make_batch(family, batch=n, seq=seq, seed=1)
+    return [{k: v[i] for k, v in batch.items()} for i in range(n)]
