@@ -15,8 +15,6 @@ plugin touching peftkit. Each column checks what ``peftkit methods`` says of the
 
 from __future__ import annotations
 
-import os
-import signal
 from pathlib import Path
 
 import pytest
@@ -31,6 +29,7 @@ from peftkit.merge import fold_adapter
 from peftkit.state import adapter_parameters
 from peftkit.training import build_accelerator, reset_accelerate_state, train
 from tests.plugins import scale_plugin_installed
+from tests.test_training_loop import InterruptAt
 from tests.tiny_models import FAMILIES, make_batch, make_model, save_tiny_model
 
 METHODS = [ep.name for ep in registry.builtin_entry_points()] + ["scale"]
@@ -183,19 +182,6 @@ def test_combine_reproduces_the_first_adapter_with_weights_one_and_zero(
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
 
-class _InterruptAt:
-    """collate_fn sending SIGINT to this process while building the n-th batch."""
-
-    def __init__(self, n: int) -> None:
-        self.n, self.calls = n, 0
-
-    def __call__(self, items):
-        self.calls += 1
-        if self.calls == self.n:
-            os.kill(os.getpid(), signal.SIGINT)
-        return torch.utils.data.default_collate(items)
-
-
 def _fit(
     tmp_path: Path, family: str, method: str, name: str, collate_fn=None, **overrides
 ) -> torch.nn.Module:
@@ -223,7 +209,7 @@ def test_interrupted_and_resumed_training_ends_on_the_same_weights(
 ) -> None:
     try:
         full = _fit(tmp_path, family, method, "full")
-        _fit(tmp_path, family, method, "resumed", collate_fn=_InterruptAt(6))
+        _fit(tmp_path, family, method, "resumed", collate_fn=InterruptAt(6))
         resumed = _fit(tmp_path, family, method, "resumed", resume=True)
     finally:
         reset_accelerate_state()
