@@ -14,7 +14,8 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from peftkit.errors import MergeError
-from peftkit.methods.base import ACTIVATIONS
+from peftkit.methods.bottleneck import add_bottleneck, bottleneck_options, set_dropout_mode
+from peftkit.targets import linear_width
 
 if TYPE_CHECKING:
     from peftkit.methods.adapter.options import AdapterOptions
@@ -22,10 +23,9 @@ if TYPE_CHECKING:
 
 def output_features(module: nn.Module) -> int:
     """Output width of a linear-like module (``nn.Linear``, ``Conv1D``, bitsandbytes layers)."""
-    if hasattr(module, "out_features"):
-        return int(module.out_features)
-    if hasattr(module, "nf"):  # transformers Conv1D
-        return int(module.nf)
+    width = linear_width(module)
+    if width is not None:
+        return width[1]
     raise TypeError(
         f"Cannot place a bottleneck adapter after a {type(module).__name__}: it has no output width."
     )
@@ -66,11 +66,7 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
         self.adapter_up[adapter_name] = up
         if config.layer_norm:
             self.adapter_norm[adapter_name] = nn.LayerNorm(width, device=device)
-        self.adapter_options[adapter_name] = {
-            "activation": getattr(nn, ACTIVATIONS[config.non_linearity])(),
-            "dropout": nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity(),
-            "scaling": config.scaling,
-        }
+        self.adapter_options[adapter_name] = bottleneck_options(config)
         self.set_adapter(self.active_adapters)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -81,23 +77,21 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
         for name in self.active_adapters:
             if name not in self.adapter_down:
                 continue
-            options = self.adapter_options[name]
-            down = self.adapter_down[name]
-            h = hidden if hidden.dtype == down.weight.dtype else hidden.to(down.weight.dtype)
-            if name in self.adapter_norm:
-                h = self.adapter_norm[name](h)
-            h = self.adapter_up[name](options["dropout"](options["activation"](down(h))))
-            if h.dtype == hidden.dtype:  # one fused kernel, no separate multiply forward or backward
-                hidden = torch.add(hidden, h, alpha=options["scaling"])
-            else:
-                hidden = hidden + (options["scaling"] * h).to(hidden.dtype)
+            norm = self.adapter_norm[name] if name in self.adapter_norm else None
+            hidden = add_bottleneck(
+                hidden,
+                hidden,
+                self.adapter_down[name],
+                self.adapter_up[name],
+                self.adapter_options[name],
+                norm,
+            )
         return hidden
 
     def train(self, mode: bool = True) -> AdapterLayer:
         """Propagate train/eval mode to the per-adapter dropout modules too."""
         super().train(mode)
-        for options in self.adapter_options.values():
-            options["dropout"].train(mode)
+        set_dropout_mode(self.adapter_options.values(), mode)
         return self
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:

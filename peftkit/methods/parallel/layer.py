@@ -17,7 +17,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from peftkit.errors import MergeError
-from peftkit.methods.base import ACTIVATIONS
+from peftkit.methods.bottleneck import add_bottleneck, bottleneck_options, set_dropout_mode
 from peftkit.targets import linear_width
 
 if TYPE_CHECKING:
@@ -70,11 +70,7 @@ class ParallelAdapterLayer(nn.Module, BaseTunerLayer):
         nn.init.zeros_(up.bias)
         self.parallel_down[adapter_name] = down
         self.parallel_up[adapter_name] = up
-        self.parallel_options[adapter_name] = {
-            "activation": getattr(nn, ACTIVATIONS[config.non_linearity])(),
-            "dropout": nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity(),
-            "scaling": config.scaling,
-        }
+        self.parallel_options[adapter_name] = bottleneck_options(config)
         self.set_adapter(self.active_adapters)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -86,21 +82,19 @@ class ParallelAdapterLayer(nn.Module, BaseTunerLayer):
         for name in self.active_adapters:
             if name not in self.parallel_down:
                 continue
-            options = self.parallel_options[name]
-            down = self.parallel_down[name]
-            h = block_input if block_input.dtype == down.weight.dtype else block_input.to(down.weight.dtype)
-            h = self.parallel_up[name](options["dropout"](options["activation"](down(h))))
-            if h.dtype == out.dtype:
-                out = torch.add(out, h, alpha=options["scaling"])
-            else:
-                out = out + (options["scaling"] * h).to(out.dtype)
+            out = add_bottleneck(
+                out,
+                block_input,
+                self.parallel_down[name],
+                self.parallel_up[name],
+                self.parallel_options[name],
+            )
         return out
 
     def train(self, mode: bool = True) -> ParallelAdapterLayer:
         """Propagate train/eval mode to the per-adapter dropout modules too."""
         super().train(mode)
-        for options in self.parallel_options.values():
-            options["dropout"].train(mode)
+        set_dropout_mode(self.parallel_options.values(), mode)
         return self
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
